@@ -1,0 +1,70 @@
+"""`bench` command line. Each command group lives in its own module exposing `register(subparsers)`.
+
+Commands set `args.func(args) -> int`; `main` turns the project's user-facing errors (BenchError)
+into one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bench.errors import BenchError
+
+# One module per command group; a module that is not written yet is skipped.
+COMMAND_MODULES = [
+    "bench.cli.eval_cmd",      # bench eval
+    "bench.cli.models_cmd",    # bench models list|fetch
+    "bench.cli.data_cmd",      # bench data check|make-lr
+    "bench.cli.methods_cmd",   # bench methods list
+    "bench.cli.quantize_cmd",  # bench quantize
+    "bench.cli.run_cmd",       # bench run, bench results
+    "bench.cli.report_cmd",    # bench table|plot|visual
+    "bench.cli.cost_cmd",      # bench cost
+    "bench.cli.train_cmd",     # bench train
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="PTQ benchmark for image super-resolution")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="python file that registers extra methods/models (repeatable)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _preload_plugins(argv: list[str]) -> None:
+    # Plugins must be imported before parsing, so that their methods appear in choices and help.
+    from bench.plugins import load_plugin
+    for i, arg in enumerate(argv):
+        if arg == "--plugin" and i + 1 < len(argv):
+            load_plugin(argv[i + 1])
+        elif arg.startswith("--plugin="):
+            load_plugin(arg.split("=", 1)[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _preload_plugins(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; results written so far are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
