@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from bench.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -28,7 +30,8 @@ class ModelEntry:
 MODEL_REGISTRY: dict[str, ModelEntry] = {}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(KeyError, ConfigError):
+    # A KeyError for dict-like callers, a ConfigError so that the CLI prints it as one line.
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return self.args[0]
 

@@ -1,0 +1,153 @@
+"""`bench eval`: PSNR/SSIM (Y, border = scale) and LPIPS of one model on one test set, per image and mean.
+
+    bench eval --model imdn --scale 2 --dataset Set5 --weights IMDN_x2.pth --data-root DIR
+    bench eval --model imdn --scale 4 --dataset sample --weights IMDN_x4.pth --json
+    bench eval --model imdn --scale 2 --dataset Set5 --quantized imdn_x2_w8a8.pt         (a `bench quantize` file)
+    bench eval --model imdn --scale 2 --dataset Set5 --method minmax --bits 8 --calib DIR (calibrate, then evaluate)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from tabulate import tabulate
+
+from bench.errors import ConfigError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a model on a test set (PSNR/SSIM on Y, LPIPS)",
+                              description="Upscale every LR image of a test set with one model and print "
+                                          "PSNR/SSIM on the Y channel (border = scale) and LPIPS, per image "
+                                          "and averaged (the protocol of spec §5).")
+    p.add_argument("--model", required=True, help="registered model name (see `bench models list`)")
+    p.add_argument("--scale", type=int, required=True, help="upscaling factor (2, 3, 4)")
+    p.add_argument("--dataset", required=True,
+                   help="test set: Set5, Set14, B100, Urban100, Manga109, sample, or a folder name under the root")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="FP weights file (default: the model's default weights; 'random' for random init)")
+    p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                   help="test-set root in BasicSR layout (default: $BENCH_DATA_ROOT, else <repo>/datasets)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--tile", type=int, default=None, metavar="N",
+                   help="tiled inference with LR tiles of N pixels (off by default; recorded in the output)")
+    p.add_argument("--no-generate-lr", action="store_true",
+                   help="fail instead of generating a missing LR folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    q = p.add_argument_group("quantized evaluation (optional)")
+    q.add_argument("--quantized", type=Path, default=None, metavar="FILE",
+                   help="calibrated quantization saved by `bench quantize --out`")
+    q.add_argument("--method", default=None, help="calibrate with this PTQ method first (see `bench methods list`)")
+    q.add_argument("--bits", type=int, default=4, help="weight and activation bit-width for --method (default 4)")
+    q.add_argument("--w-bits", type=int, default=None, help="weight bit-width (overrides --bits)")
+    q.add_argument("--a-bits", type=int, default=None, help="activation bit-width (overrides --bits)")
+    q.add_argument("--scope", default="auto", help="quantization scope for --method (auto, 2dquant, ptq4sr)")
+    q.add_argument("--calib", type=Path, default=None, metavar="DIR",
+                   help="folder of HR training images for the calibration patches (never a test set)")
+    q.add_argument("--calib-n", type=int, default=32, help="number of LR calibration patches (default 32)")
+    q.add_argument("--calib-patch", type=int, default=64, help="LR patch size (default 64)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="method hyper-parameter (repeatable)")
+    p.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------------------------------- the model
+
+def _calibrated_model(fp_model, args: argparse.Namespace, device: str):
+    # Written by other parts of the project (bench.quant, methods): imported only on this path.
+    import methods  # noqa: F401  (registers the built-in methods)
+    from bench.data.calib import calibration_batch
+    from bench.quant.pipeline import CalibContext, quantize_with_method
+    from methods.registry import get_method_class
+
+    if args.calib is None:
+        raise ConfigError("--method needs --calib DIR: a folder of HR training images for the calibration "
+                          "patches (never a test set)")
+    try:
+        cls = get_method_class(args.method)
+    except KeyError as exc:
+        raise ConfigError(str(exc)) from exc
+    method = cls(**cls.parse_params(args.method_param))
+    w_bits = args.w_bits if args.w_bits is not None else args.bits
+    a_bits = args.a_bits if args.a_bits is not None else args.bits
+    batch = calibration_batch(args.calib, args.scale, n=args.calib_n, patch=args.calib_patch, seed=args.seed)
+    ctx = CalibContext(fp_model=fp_model, calib_batch=batch.to(device), train_dir=args.calib, val_batch=None,
+                       device=device, seed=args.seed, progress=not (args.no_progress or args.json))
+    qmodel, seconds = quantize_with_method(fp_model, method, w_bits, a_bits, ctx, scope=args.scope)
+    info = {"method": method.describe(), "w_bits": w_bits, "a_bits": a_bits, "calibration_seconds": seconds}
+    return qmodel, info
+
+
+def build_model(args: argparse.Namespace, device: str):
+    """(model to evaluate, description of its quantization or None)."""
+    from models import create_model
+
+    if args.quantized is not None and args.method is not None:
+        raise ConfigError("give either --quantized FILE or --method NAME, not both")
+    fp_model = create_model(args.model, args.scale, weights=args.weights, device=device)
+    if args.quantized is not None:
+        from bench.quant.io import load_quantized
+        qmodel = load_quantized(args.quantized, fp_model).to(device).eval()
+        return qmodel, {"quantized": str(args.quantized), "meta": getattr(qmodel, "quant_meta", None)}
+    if args.method is not None:
+        return _calibrated_model(fp_model, args, device)
+    return fp_model, None
+
+
+# ------------------------------------------------------------------------------------------- printing
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_tables(result, model_label: str) -> None:
+    rows = [[r.name, _fmt(r.psnr, 2), _fmt(r.ssim, 4), _fmt(r.lpips, 4)] for r in result.per_image]
+    rows.append(["mean", _fmt(result.psnr, 2), _fmt(result.ssim, 4), _fmt(result.lpips, 4)])
+    label = result.dataset
+    if result.is_subset:
+        label += f" (subset: {result.images} of {result.expected_count} images)"
+    tiled = f", tiled {result.tiled}" if result.tiled else ""
+    print(f"{model_label} x{result.scale} on {label}, {result.images} images, {result.device}{tiled}, "
+          f"{result.seconds:.1f} s")
+    print(tabulate(rows, headers=["image", "PSNR (Y)", "SSIM (Y)", "LPIPS"], disable_numparse=True))
+
+
+def _check_device(device: str | None) -> str:
+    import torch
+
+    from bench.inference import resolve_device
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return str(resolved)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.data.dataset import load_dataset
+    from bench.evaluate import evaluate
+
+    device = _check_device(args.device)
+    dataset = load_dataset(args.dataset, args.scale, data_root=args.data_root,
+                           generate_lr=not args.no_generate_lr)
+    model, quant = build_model(args, device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        result = evaluate(model, dataset, args.scale, device=device, lpips=not args.no_lpips,
+                          progress=not (args.no_progress or args.json) and sys.stderr.isatty(), tile=args.tile)
+    for warning in caught:  # e.g. LPIPS weights missing: one line, not a Python warning with a source line
+        print(f"bench: warning: {warning.message}", file=sys.stderr)
+    if args.json:
+        record = {"model": args.model, "weights": args.weights, **result.to_dict()}
+        if quant is not None:
+            record["quantization"] = quant
+        print(json.dumps(record, default=str))
+    else:
+        print_tables(result, args.model if quant is None else f"{args.model} (quantized)")
+    return 0

@@ -1,0 +1,77 @@
+"""`bench quantize`: calibrate one model with one PTQ method and save the bounds (a small file).
+
+    bench quantize --model imdn --scale 2 --method minmax --bits 8 --calib DIR --out imdn_x2_w8a8.pt
+    bench quantize --model swinir-light --scale 4 --method dobi --bits 4 --method-param variant=code \
+                   --calib DIR --out swinir_x4_dobi_w4a4.pt
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.errors import ConfigError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("quantize", help="calibrate a model with a PTQ method and save its bounds",
+                              description="Quantize a copy of a model (fake quantization, spec 2.3), calibrate it "
+                                          "with a PTQ method on LR patches of --calib, save the bounds to --out.")
+    p.add_argument("--model", required=True, help="registered model name (see `bench models list`)")
+    p.add_argument("--scale", type=int, required=True)
+    p.add_argument("--method", required=True, help="PTQ method (see `bench methods list`)")
+    p.add_argument("--bits", type=int, default=4, help="weight and activation bit-width (2..8)")
+    p.add_argument("--w-bits", type=int, default=None, help="weight bit-width (overrides --bits)")
+    p.add_argument("--a-bits", type=int, default=None, help="activation bit-width (overrides --bits)")
+    p.add_argument("--scope", default="auto", help="quantization scope: auto, 2dquant or ptq4sr")
+    p.add_argument("--per-channel-weights", action="store_true", help="per-output-channel weight bounds")
+    p.add_argument("--calib", type=Path, default=None, metavar="DIR",
+                   help="folder of HR training images for the calibration patches (never a test set)")
+    p.add_argument("--calib-n", type=int, default=32, help="number of LR calibration patches (default 32)")
+    p.add_argument("--calib-patch", type=int, default=64, help="LR patch size (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="method hyper-parameter (repeatable), e.g. p=1e-4")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="FP weights file (default: the model's default weights; 'random' for random init)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the bounds")
+    p.set_defaults(func=run)
+
+
+def _method(name: str, items: list[str]):
+    import methods  # noqa: F401  (registers the built-in methods)
+    from methods.registry import get_method_class
+
+    try:
+        cls = get_method_class(name)
+    except KeyError as exc:
+        raise ConfigError(str(exc)) from exc
+    return cls(**cls.parse_params(items))
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.data.calib import calibration_batch
+    from bench.quant import CalibContext, quantize_with_method, quantizers, save_quantized
+    from models import create_model
+
+    method = _method(args.method, args.method_param)
+    w_bits = args.w_bits if args.w_bits is not None else args.bits
+    a_bits = args.a_bits if args.a_bits is not None else args.bits
+    if args.calib is None:
+        raise ConfigError("bench quantize needs --calib DIR: a folder of HR training images for calibration patches")
+    fp_model = create_model(args.model, args.scale, weights=args.weights, device=args.device)
+    batch = calibration_batch(args.calib, args.scale, n=args.calib_n, patch=args.calib_patch, seed=args.seed)
+    ctx = CalibContext(fp_model=fp_model, calib_batch=batch.to(args.device), train_dir=args.calib,
+                       val_batch=None, device=args.device, seed=args.seed, progress=not args.no_progress)
+    qmodel, seconds = quantize_with_method(fp_model, method, w_bits, a_bits, ctx, scope=args.scope,
+                                           per_channel_weights=args.per_channel_weights)
+    meta = {"model": args.model, "scale": args.scale, "weights": args.weights, "method": method.describe(),
+            "calibration": {"train_dir": str(args.calib), "n": args.calib_n, "patch": args.calib_patch,
+                            "seed": args.seed},
+            "calibration_seconds": seconds}
+    save_quantized(qmodel, args.out, meta)
+    count = len(quantizers(qmodel))
+    print(f"{args.model} x{args.scale} {qmodel.quant_config.tag} ({qmodel.quant_scope} scope, {count} quantizers) "
+          f"calibrated with {args.method} in {seconds:.2f} s -> {args.out}")
+    return 0

@@ -1,0 +1,75 @@
+"""`bench run --matrix NAME|FILE ...` and `bench results`."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from tabulate import tabulate
+
+
+def register(subparsers) -> None:
+    run = subparsers.add_parser("run", help="run a benchmark matrix (resumable)",
+                                description="Evaluate every cell of a matrix; finished cells are skipped, so an "
+                                            "interrupted run resumes where it stopped.")
+    run.add_argument("--matrix", required=True, metavar="NAME|FILE",
+                     help="a matrix from matrices/ (demo, smoke, paper, full) or a YAML file")
+    run.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                     help="run only matching cells (repeatable; keys: model, scale, method, bits, w_bits, a_bits, "
+                          "dataset; comma-separated values)")
+    run.add_argument("--data-root", type=Path, default=None,
+                     help="test-set root in BasicSR layout (default: $BENCH_DATA_ROOT, else <repo>/datasets)")
+    run.add_argument("--weights-dir", type=Path, default=None,
+                     help="folder that relative `weights:` paths of the matrix are resolved against")
+    run.add_argument("--calib", "--train-root", dest="calib", type=Path, default=None, metavar="DIR",
+                     help="folder of HR training images for calibration patches, never a test set "
+                          "(default: $BENCH_CALIB_DIR)")
+    run.add_argument("--out", type=Path, default=None, help="run directory (default: results/<matrix name>)")
+    run.add_argument("--force", action="store_true", help="recompute the selected cells even if already done")
+    run.add_argument("--retry-errors", action="store_true", help="recompute cells whose last attempt failed")
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(func=run_command)
+
+    results = subparsers.add_parser("results", help="list benchmark runs and their cell counts")
+    results.add_argument("--results-dir", type=Path, default=Path("results"))
+    results.set_defaults(func=results_command)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from bench.runner.cells import parse_only
+    from bench.runner.execute import RunOptions, run_matrix
+    from bench.runner.matrix import load_matrix
+
+    only = parse_only(args.only)
+    matrix = load_matrix(args.matrix)
+    options = RunOptions(
+        out=args.out or Path("results") / matrix.name,
+        data_root=args.data_root or _env_path("BENCH_DATA_ROOT"),
+        weights_dir=args.weights_dir,
+        train_root=args.calib or _env_path("BENCH_CALIB_DIR"),
+        device=args.device, force=args.force, retry_errors=args.retry_errors,
+        progress=not args.no_progress, only=only)
+    stats = run_matrix(matrix, options)
+    for note in stats.skipped:
+        print(f"skipped (not available): {note}")
+    print(stats.summary())
+    return 1 if stats.errors else 0
+
+
+def results_command(args: argparse.Namespace) -> int:
+    from bench.runner.rundir import list_runs, run_summary
+
+    runs = [run_summary(run) for run in list_runs(args.results_dir)]
+    if not runs:
+        print(f"no runs in {args.results_dir} (start one with `bench run --matrix demo`)")
+        return 0
+    rows = [[r["run"], r["cells"], r["ok"], r["errors"], ", ".join(r["models"]), r["last_started"], r["path"]]
+            for r in runs]
+    print(tabulate(rows, headers=["run", "cells", "ok", "errors", "models", "last started", "path"]))
+    return 0

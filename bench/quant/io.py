@@ -1,0 +1,95 @@
+"""Save/load a calibrated quantization as a small file: bounds + QuantConfig + metadata, not FP weights.
+
+Loading rebuilds the quantized copy from the FP model with the saved config and copies the bounds in;
+a file made for another model (different quantizer names, count or shapes) is a CheckpointError.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from bench.errors import CheckpointError
+from bench.quant.surgery import QuantConfig, quantize_model, quantizers
+
+FORMAT = "sr-ptq-bench/quantized"
+VERSION = 1
+
+
+def save_quantized(qmodel: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
+    """Write the bounds of `qmodel` with its QuantConfig and `meta` (model name/scale, method, ...)."""
+    config: QuantConfig = getattr(qmodel, "quant_config", None)
+    if config is None:
+        raise CheckpointError(f"cannot save {path}: the model was not made by bench.quant.quantize_model")
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        # The resolved scope, so that loading does not depend on how "auto" resolves later.
+        "config": {**asdict(config), "scope": getattr(qmodel, "quant_scope", config.scope)},
+        "quantizers": {
+            # Python floats (exact for float32) rather than one tensor record per scalar: a smaller file.
+            name: {"lower": q.lower.detach().cpu().flatten().tolist(), "upper": q.upper.detach().cpu().flatten().tolist(),
+                   "shape": list(q.lower.shape), "bits": q.bits, "kind": q.kind, "calibrated": bool(q.calibrated),
+                   "grad_scale": q.grad_scale}
+            for name, q in quantizers(qmodel)
+        },
+        # JSON-safe (paths become strings) so that the file loads with weights_only=True.
+        "meta": json.loads(json.dumps(dict(meta or {}), default=str)),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(record, path)
+    return path
+
+
+def read_quantized(path: str | Path) -> dict:
+    """The raw record of a save_quantized file (CheckpointError if it is not one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"quantized model file {path} does not exist; create it with `bench quantize --out`")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable quantized-model file ({type(exc).__name__}); "
+                              f"re-create it with `bench quantize --out`") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a quantized-model file written by `bench quantize` "
+                              f"(FP weights go to --weights, not here)")
+    return record
+
+
+def load_quantized(path: str | Path, fp_model: nn.Module) -> nn.Module:
+    """Rebuild the quantized copy of `fp_model` from a save_quantized file; `qmodel.quant_meta` = its meta."""
+    path = Path(path)
+    record = read_quantized(path)
+    try:
+        config = QuantConfig(**record["config"])
+        qmodel = quantize_model(fp_model, config)
+    except Exception as exc:
+        raise CheckpointError(f"{path} does not fit this {type(fp_model).__name__}: {exc}") from exc
+    saved = record["quantizers"]
+    mine = dict(quantizers(qmodel))
+    if list(saved) != list(mine):
+        missing = sorted(set(mine) - set(saved))[:2]
+        extra = sorted(set(saved) - set(mine))[:2]
+        raise CheckpointError(f"{path} was made for another model: it has {len(saved)} quantizers, this "
+                              f"{type(fp_model).__name__} needs {len(mine)} (missing e.g. {missing}, unexpected "
+                              f"e.g. {extra}); quantize this model again")
+    for name, q in mine.items():
+        entry = saved[name]
+        if entry["bits"] != q.bits or tuple(entry["shape"]) != tuple(q.lower.shape):
+            raise CheckpointError(f"{path}: quantizer {name} has {entry['bits']} bits, shape "
+                                  f"{tuple(entry['shape'])}; this model expects {q.bits} bits, shape "
+                                  f"{tuple(q.lower.shape)}; quantize this model again")
+        with torch.no_grad():
+            q.lower.copy_(torch.tensor(entry["lower"], dtype=q.lower.dtype).reshape(q.lower.shape))
+            q.upper.copy_(torch.tensor(entry["upper"], dtype=q.upper.dtype).reshape(q.upper.shape))
+        q.calibrated = bool(entry["calibrated"])
+        q.grad_scale = entry["grad_scale"]
+    device = next((p.device for p in fp_model.parameters()), torch.device("cpu"))
+    qmodel.to(device)
+    qmodel.quant_meta = dict(record.get("meta", {}))
+    return qmodel

@@ -1,0 +1,200 @@
+"""`FakeQuantizer`: the two-bound asymmetric fake quantizer of spec §2.3 with the STE gradients of §2.4.
+
+Forward (N = 2^b - 1):
+    v_c = clip(v, l, u);  s = (u - l) / N;  v_q = s * round((v_c - l) / s) + l      (round = half-to-even)
+
+Backward, per element (autograd differentiates through s, the -l shift and the +l offset; round is STE):
+    region        dv_q/dv   dv_q/du                 dv_q/dl
+    v < l           0         0                       1
+    l <= v <= u     1         (round(q) - q) / N      (q - round(q)) / N        with q = (v_c - l) / s
+    v > u           0         1                       0
+At the two boundary points the clip counts the element for the bound as the released 2DQuant code does
+(v <= l feeds l, v >= u feeds u, spec §2.4), which adds 1 to dv_q/dl at v == l and makes dv_q/du = 1 at v == u.
+
+The quantizer holds no range rule: methods set `lower`/`upper` (MQBench's observer/fake-quant split).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+MIN_BITS, MAX_BITS = 2, 8
+WEIGHT = "weight"
+ACT = "act"
+ACT_SOFTMAX = "act_softmax"  # post-softmax attention map (exponential-like: one-sided DOBI in the paper)
+ACT_GELU = "act_gelu"        # post-GELU input of fc2 (exponential-like as well)
+KINDS = (WEIGHT, ACT, ACT_SOFTMAX, ACT_GELU)
+
+# A zero-width range (constant tensor) would divide by zero: `set_bounds` widens it by this relative amount,
+# and `forward` never lets the step fall below _MIN_STEP (bounds that cross while fine-tuning).
+_DEGENERATE_WIDTH = 1e-6
+_MIN_STEP = 1e-12
+
+Observer = Callable[[torch.Tensor], None]
+
+
+class _ClipWithBoundGrads(torch.autograd.Function):
+    """clip(v, l, u) whose backward routes the gradient of clipped elements to the bound (spec §2.4)."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(v, lower, upper)
+        return torch.minimum(torch.maximum(v, lower), upper)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        v, lower, upper = ctx.saved_tensors
+        grad_v = grad_l = grad_u = None
+        if ctx.needs_input_grad[0]:
+            grad_v = grad * ((v >= lower) & (v <= upper))
+        if ctx.needs_input_grad[1]:
+            grad_l = (grad * (v <= lower)).sum_to_size(lower.shape)
+        if ctx.needs_input_grad[2]:
+            grad_u = (grad * (v >= upper)).sum_to_size(upper.shape)
+        return grad_v, grad_l, grad_u
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    # Value round(x), gradient 1: the straight-through estimator.
+    return x + (torch.round(x) - x).detach()
+
+
+def _scale_grad(p: torch.Tensor, g: float) -> torch.Tensor:
+    # Same value as p (p - p is exactly 0), gradient multiplied by g (LSQ's grad_scale).
+    detached = p.detach()
+    return (p - detached) * g + detached
+
+
+def levels(bits: int) -> int:
+    """N = 2^b - 1 (so 2^b quantization levels)."""
+    return 2 ** bits - 1
+
+
+def check_bits(bits: int, what: str = "bits") -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"{what} must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+    return bits
+
+
+class FakeQuantizer(nn.Module):
+    """Two-bound fake quantizer (per tensor, or per channel along `per_channel_axis` for weights).
+
+    Attributes:
+        bits: bit-width b (2..8). kind: "weight", "act", "act_softmax" or "act_gelu".
+        lower, upper: nn.Parameter bounds; scalars, or vectors of `channels` entries when per-channel.
+        enabled: False makes the quantizer the identity.
+        calibrated: set by `set_bounds`; an enabled, uncalibrated quantizer refuses to run.
+        observer: if set, `forward` calls `observer(x)` and returns x unquantized (calibration capture).
+        grad_scale: optional factor on the gradient reaching the bounds (PTQ4SR's LSQ factor); None = 1.
+    """
+
+    def __init__(self, bits: int, kind: str = ACT, per_channel_axis: int | None = None,
+                 channels: int | None = None) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown quantizer kind {kind!r}; use one of {', '.join(KINDS)}")
+        if (per_channel_axis is None) != (channels is None):
+            raise ValueError("per-channel quantizers need both per_channel_axis and channels")
+        self.bits = check_bits(bits)
+        self.kind = kind
+        self.per_channel_axis = per_channel_axis
+        shape = () if channels is None else (channels,)
+        self.lower = nn.Parameter(torch.zeros(shape))
+        self.upper = nn.Parameter(torch.ones(shape))
+        self.enabled = True
+        self.calibrated = False
+        self.observer: Observer | None = None
+        self.grad_scale: float | None = None
+
+    # ----------------------------------------------------------------------------------------- properties
+    @property
+    def is_weight(self) -> bool:
+        return self.kind == WEIGHT
+
+    @property
+    def levels(self) -> int:
+        return levels(self.bits)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.per_channel_axis is not None
+
+    # ---------------------------------------------------------------------------------------------- bounds
+    @torch.no_grad()
+    def set_bounds(self, lower, upper) -> None:
+        """Set (l, u) and mark the quantizer calibrated. Rejects non-finite values and l > u; a zero-width
+        range (constant tensor) is widened to [l, l + 1e-6 * max(1, |l|)] so that the step is never 0."""
+        lower, upper = self._as_bound(lower), self._as_bound(upper)
+        if not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
+            raise ValueError(f"non-finite quantizer bounds l={lower.tolist()}, u={upper.tolist()}")
+        if (lower > upper).any():
+            raise ValueError(f"quantizer bounds need l <= u, got l={lower.tolist()}, u={upper.tolist()}")
+        width = _DEGENERATE_WIDTH * torch.clamp(lower.abs(), min=1.0)
+        upper = torch.where(upper - lower < width, lower + width, upper)
+        self.lower.copy_(lower.to(self.lower.dtype))
+        self.upper.copy_(upper.to(self.upper.dtype))
+        # float32 rounding can still collapse a tiny range: make sure u > l holds in storage.
+        collapsed = self.upper <= self.lower
+        if collapsed.any():
+            self.upper.copy_(torch.where(collapsed, torch.nextafter(self.lower, self.lower + 1), self.upper))
+        self.calibrated = True
+
+    def _as_bound(self, value) -> torch.Tensor:
+        # float64 for the checks; a scalar is broadcast to every channel of a per-channel quantizer
+        t = torch.as_tensor(value, dtype=torch.float64, device=self.lower.device)
+        return t.expand(self.lower.shape).clone() if t.numel() == 1 else t.reshape(self.lower.shape)
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lower, upper) detached copies."""
+        return self.lower.detach().clone(), self.upper.detach().clone()
+
+    def _broadcast(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.per_channel_axis is None:
+            return p
+        shape = [1] * x.dim()
+        shape[self.per_channel_axis] = -1
+        return p.view(shape)
+
+    # --------------------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer(x)
+            return x
+        if not self.enabled:
+            return x
+        if not self.calibrated:
+            raise RuntimeError(f"{self.kind} quantizer ({self.bits}-bit) used before calibration: "
+                               f"calibrate the quantized model with a method first")
+        lower, upper = self.lower, self.upper
+        if self.grad_scale is not None:
+            lower, upper = _scale_grad(lower, self.grad_scale), _scale_grad(upper, self.grad_scale)
+        lower, upper = self._broadcast(lower, x), self._broadcast(upper, x)
+        return fake_quantize(x, lower, upper, self.bits)
+
+    def extra_repr(self) -> str:
+        where = "per-tensor" if self.per_channel_axis is None else f"per-channel(axis={self.per_channel_axis})"
+        return f"bits={self.bits}, kind={self.kind}, {where}, enabled={self.enabled}, calibrated={self.calibrated}"
+
+
+def fake_quantize(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bits: int) -> torch.Tensor:
+    """Spec §2.3 with the gradients of §2.4; `lower`/`upper` broadcast against x."""
+    n = levels(bits)
+    step = torch.clamp((upper - lower) / n, min=_MIN_STEP)
+    clipped = _ClipWithBoundGrads.apply(x, lower, upper)
+    return step * _round_ste((clipped - lower) / step) + lower
+
+
+def fake_quantize_values(x: torch.Tensor, lower: float, upper: float, bits: int) -> torch.Tensor:
+    """No-grad forward of `fake_quantize` for float bounds (used by range searches and tests)."""
+    with torch.no_grad():
+        lo = torch.tensor(lower, dtype=x.dtype, device=x.device)
+        hi = torch.tensor(upper, dtype=x.dtype, device=x.device)
+        return fake_quantize(x, lo, hi, bits)
+
+
+def lsq_grad_scale(numel: int, bits: int) -> float:
+    """PTQ4SR's bound gradient factor g = 1 / sqrt(numel(x0) * (2^(b-1) - 1)) (spec §4.4)."""
+    return 1.0 / math.sqrt(numel * (2 ** (bits - 1) - 1))

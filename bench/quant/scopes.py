@@ -1,0 +1,133 @@
+"""Quantization scopes as data: which modules get wrapped, how, and at which bit-width.
+
+A scope is an ordered list of `LayerRule`s matched against module paths (fnmatch globs, `*` also matches
+dots) and module types; the first matching rule wins and unmatched modules stay FP. The core names no
+architecture: the scopes below only rely on module *names* (SwinIR-style `*.attn.qkv`) and on the generic
+`models.layers.MatMul`.
+
+Built-in scopes:
+  * `2dquant` (spec §2.1): the fused `*.attn.qkv` split into q/k/v (own weight and own input quantizer each),
+    `*.attn.proj`, `*.mlp.fc1`, `*.mlp.fc2` (input tagged act_gelu), the BMMs `*.attn.matmul_qk` (q, k)
+    and `*.attn.matmul_av` (softmax map tagged act_softmax, v); per-tensor; everything else FP.
+  * `ptq4sr` (spec §4.4, native PTQ4SR): every Conv2d (per-output-channel weights) and Linear (per-tensor),
+    the first and the last Conv2d in module order at 8 bits; no BMM.
+  * `auto`: the model's registry default (`quant_scopes[0]`) when the model is known, else `2dquant` if the
+    model has MatMul modules, else `ptq4sr`.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from bench.errors import ConfigError
+from bench.quant.quantizer import ACT, ACT_GELU, ACT_SOFTMAX
+from models.layers import MatMul
+
+AUTO = "auto"
+
+# Module types a rule can name; MatMul is the project's generic BMM module.
+MODULE_TYPES: dict[str, type[nn.Module]] = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "MatMul": MatMul}
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Wrap modules of `module_type` whose path matches `pattern`.
+
+    act_kinds: the kind tag of each input quantizer (one for Linear/Conv2d, two for MatMul: a, b).
+    split: non-empty = split a Linear along its outputs into these named parts (fused qkv).
+    per_channel: per-output-channel weights; None = as the QuantConfig says.
+    """
+    pattern: str
+    module_type: str
+    act_kinds: tuple[str, ...] = (ACT,)
+    split: tuple[str, ...] = ()
+    per_channel: bool | None = None
+
+    def matches(self, path: str, module: nn.Module) -> bool:
+        return isinstance(module, MODULE_TYPES[self.module_type]) and fnmatch.fnmatchcase(path, self.pattern)
+
+
+@dataclass(frozen=True)
+class Scope:
+    name: str
+    description: str
+    rules: tuple[LayerRule, ...]
+    # Bit-width forced on the first and last Conv2d of the model (weights and input), None = no exception.
+    edge_conv_bits: int | None = None
+
+    def rule_for(self, path: str, module: nn.Module) -> LayerRule | None:
+        for rule in self.rules:
+            if rule.matches(path, module):
+                return rule
+        return None
+
+
+SCOPES: dict[str, Scope] = {}
+
+
+def register_scope(scope: Scope) -> Scope:
+    for rule in scope.rules:
+        if rule.module_type not in MODULE_TYPES:
+            raise ValueError(f"scope {scope.name!r}: unknown module type {rule.module_type!r}")
+    if scope.name in SCOPES and SCOPES[scope.name] != scope:
+        raise ValueError(f"scope {scope.name!r} is registered twice")
+    SCOPES[scope.name] = scope
+    return scope
+
+
+def list_scopes() -> list[str]:
+    return sorted(SCOPES)
+
+
+def get_scope(name: str) -> Scope:
+    if name not in SCOPES:
+        raise ConfigError(f"unknown quantization scope {name!r}; use one of: {', '.join([AUTO] + list_scopes())}")
+    return SCOPES[name]
+
+
+register_scope(Scope(
+    name="2dquant",
+    description="2DQuant (spec 2.1): q/k/v (split qkv), proj, fc1, fc2 and both attention BMMs; per-tensor; convs FP",
+    rules=(
+        LayerRule("*.attn.qkv", "Linear", split=("q", "k", "v")),
+        LayerRule("*.attn.proj", "Linear"),
+        LayerRule("*.mlp.fc1", "Linear"),
+        LayerRule("*.mlp.fc2", "Linear", act_kinds=(ACT_GELU,)),
+        LayerRule("*.attn.matmul_qk", "MatMul", act_kinds=(ACT, ACT)),
+        LayerRule("*.attn.matmul_av", "MatMul", act_kinds=(ACT_SOFTMAX, ACT)),
+    ),
+))
+
+register_scope(Scope(
+    name="ptq4sr",
+    description="PTQ4SR native (spec 4.4): every Conv2d (per-channel weights) and Linear; first/last conv "
+                "8-bit; no BMM",
+    rules=(
+        LayerRule("*", "Conv2d", per_channel=True),
+        LayerRule("*", "Linear"),
+    ),
+    edge_conv_bits=8,
+))
+
+
+def _registry_default(model: nn.Module) -> str | None:
+    # create_model may record the registry name on the module; a model built by hand is simply unknown.
+    from models.registry import MODEL_REGISTRY
+    for attr in ("model_name", "registry_name", "name"):
+        name = getattr(model, attr, None)
+        if isinstance(name, str) and name in MODEL_REGISTRY and MODEL_REGISTRY[name].quant_scopes:
+            return MODEL_REGISTRY[name].quant_scopes[0]
+    return None
+
+
+def resolve_scope(model: nn.Module, name: str = AUTO) -> Scope:
+    """The scope named `name`, or for "auto" the model's default (see module docstring)."""
+    if name != AUTO:
+        return get_scope(name)
+    default = _registry_default(model)
+    if default is not None:
+        return get_scope(default)
+    has_matmul = any(isinstance(m, MatMul) for m in model.modules())
+    return get_scope("2dquant" if has_matmul else "ptq4sr")

@@ -1,0 +1,153 @@
+"""Cells of a matrix: one (model, scale, method+params, w/a bits, dataset) evaluation each.
+
+A cell's `key` names it readably and is what resume matches on; its `fingerprint` hashes everything else
+that changes its result (weights, scope, calibration and latency settings), so that editing those settings
+recomputes the cell instead of silently reusing a stale record.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from bench.errors import ConfigError
+from bench.runner.matrix import Bits, DatasetSpec, MatrixSpec, MethodSpec, ModelSpec
+
+FP, BICUBIC = "fp", "bicubic"
+FP_BITS = 32
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: ModelSpec
+    scale: int
+    method: MethodSpec          # the baselines use MethodSpec("fp"|"bicubic", ...)
+    bits: Bits | None           # None for bicubic, Bits(32, 32) for FP
+    dataset: DatasetSpec
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method.name in (FP, BICUBIC)
+
+    @property
+    def params_json(self) -> str:
+        return json.dumps(_thaw(self.method.params), sort_keys=True, separators=(",", ":"), default=str)
+
+    @property
+    def method_id(self) -> str:
+        """Label plus params, unless the params are the method's defaults (then just the label)."""
+        return self.method.label + (self.params_json if self.method.params else "")
+
+    @property
+    def bits_label(self) -> str:
+        return "-" if self.bits is None else ("FP" if self.bits.w == FP_BITS else self.bits.label)
+
+    @property
+    def key(self) -> str:
+        return "/".join([self.model.name, f"x{self.scale}", self.method_id, self.bits_label, self.dataset.label])
+
+    @property
+    def calib_key(self) -> str:
+        """Cells sharing this key share one calibration (bounds do not depend on the test set)."""
+        return "/".join([self.model.name, f"x{self.scale}", self.method_id, self.bits_label])
+
+    def fingerprint(self, matrix: MatrixSpec) -> str:
+        """Settings of the matrix that change this cell's result. The calibration *folder* is not part of it
+        (it is a command-line path): to calibrate on other images, use --force or another --out."""
+        settings: dict[str, Any] = {"weights": self.model.weights, "scope": self.model.scope,
+                                    "lpips": matrix.eval.lpips, "latency": [matrix.latency.runs,
+                                                                             matrix.latency.lr_size],
+                                    "cost": matrix.cost.lr_size}
+        if not self.is_baseline:
+            c = matrix.calibration
+            settings["calibration"] = [c.n, c.patch, c.seed, c.val, c.train_dir]
+        blob = json.dumps(settings, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _thaw(frozen: Any) -> Any:
+    if isinstance(frozen, tuple) and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str)
+                                         for x in frozen) and frozen:
+        return {k: _thaw(v) for k, v in frozen}
+    if isinstance(frozen, tuple):
+        return [_thaw(v) for v in frozen]
+    return frozen
+
+
+def thaw_params(method: MethodSpec) -> dict[str, Any]:
+    return _thaw(method.params) if method.params else {}
+
+
+FP_METHOD = MethodSpec(FP, FP)
+BICUBIC_METHOD = MethodSpec(BICUBIC, BICUBIC)
+
+
+def expand_cells(models: Iterable[tuple[ModelSpec, int]], datasets: Iterable[DatasetSpec],
+                 methods: Iterable[MethodSpec], baselines: Iterable[str],
+                 default_bits: tuple[Bits, ...]) -> list[Cell]:
+    """All cells, grouped so that one FP model and one calibration serve consecutive cells."""
+    datasets, methods, baselines = list(datasets), list(methods), list(baselines)
+    cells = []
+    for model, scale in models:
+        for baseline in baselines:
+            method, bits = (FP_METHOD, Bits(FP_BITS, FP_BITS)) if baseline == FP else (BICUBIC_METHOD, None)
+            cells += [Cell(model, scale, method, bits, d) for d in datasets]
+        for method in methods:
+            for bits in method.bits or default_bits:
+                cells += [Cell(model, scale, method, bits, d) for d in datasets]
+    return cells
+
+
+_FILTER_KEYS = ("model", "scale", "method", "label", "bits", "w_bits", "a_bits", "dataset")
+
+
+def cell_field(cell: Cell, key: str) -> set[str]:
+    """String forms of a cell's field under which `--only key=value` may select it."""
+    if key == "model":
+        return {cell.model.name}
+    if key == "scale":
+        return {str(cell.scale), f"x{cell.scale}"}
+    if key in ("method", "label"):
+        return {cell.method.name, cell.method.label}
+    if key == "bits":
+        if cell.bits is None:
+            return {"-"}
+        forms = {cell.bits_label, cell.bits_label.lower()}
+        return forms | ({str(cell.bits.w)} if cell.bits.w == cell.bits.a else set())
+    if key == "w_bits":
+        return {str(cell.bits.w)} if cell.bits else set()
+    if key == "a_bits":
+        return {str(cell.bits.a)} if cell.bits else set()
+    if key == "dataset":
+        return {cell.dataset.name, cell.dataset.label}
+    raise KeyError(key)
+
+
+def parse_only(filters: list[str]) -> dict[str, set[str]]:
+    """`--only key=value[,value...]` arguments -> {key: accepted values}."""
+    parsed: dict[str, set[str]] = {}
+    for item in filters or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in _FILTER_KEYS or not value:
+            raise ConfigError(f"bad --only {item!r}; use key=value with key one of {', '.join(_FILTER_KEYS)} "
+                              f"(e.g. --only method=minmax --only dataset=Set5,Set14)")
+        parsed.setdefault(key, set()).update(v.strip() for v in value.split(","))
+    return parsed
+
+
+def select_cells(cells: list[Cell], only: dict[str, set[str]]) -> list[Cell]:
+    """Cells matching every filter (case-insensitive). Bit filters do not drop the FP/bicubic rows of the
+    selected models: they are the reference every quantized row is read against."""
+    def matches(cell: Cell, key: str, values: set[str]) -> bool:
+        have = {v.lower() for v in cell_field(cell, key)}
+        return bool(have & {v.lower() for v in values})
+
+    def keep(cell: Cell) -> bool:
+        for key, values in only.items():
+            if cell.is_baseline and key in ("bits", "w_bits", "a_bits"):
+                continue
+            if not matches(cell, key, values):
+                return False
+        return True
+    return [cell for cell in cells if keep(cell)]

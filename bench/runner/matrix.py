@@ -1,0 +1,437 @@
+"""Benchmark matrices: YAML files in `matrices/`, parsed and validated into a `MatrixSpec`.
+
+Schema (every key but `models`, `datasets` and `methods`/`baselines` optional):
+
+    name: demo                      # run name (default: file stem)
+    description: text
+    models:                         # names, or mappings; or the string "all" (every registered model)
+      - swinir-light
+      - {name: imdn, scales: [2], weights: "imdn/IMDN_x{scale}.pth", scope: auto}
+    scales: [2, 4]                  # default scales of the models; "all" = each model's registered scales
+    datasets:                       # names, or {name, crop, max_images}; or "all"
+      - Set5
+      - {name: Set14, crop: 48, max_images: 3}   # centre crop of 48x48 LR pixels, first 3 images
+    bits: [4, 3, 2]                 # W=A bits; or "w4a8" / {w: 4, a: 8}
+    methods:                        # names, or {name, label, params, bits}; or "all" (defaults)
+      - minmax
+      - {name: 2dquant, label: 2dquant-tiny, params: {iters: 20}}
+    baselines: [fp, bicubic]
+    calibration: {n: 32, patch: 64, seed: 0, train_dir: null, val: false}
+                                    # train_dir: HR training images (default: `bench run --calib DIR`);
+                                    # val: also give methods held-out patches (e.g. 2dquant select=val)
+    eval: {lpips: false}
+    latency: {runs: 3, lr_size: 128}  # runs: 0 disables the measurement
+    cost: {lr_size: 128}
+    save_images: false              # write every cell's SR outputs as PNG (for `bench visual`)
+    seed: 0
+
+`weights`: omitted/"default" = the model's default weights (`models.create_model(weights=None)`),
+"random" = random init, otherwise a path (may contain `{scale}`), relative to `--weights-dir` if given.
+Every mistake raises a one-line ConfigError naming the file, the entry and the fix.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import ConfigError
+from bench.quant.quantizer import MAX_BITS, MIN_BITS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MATRIX_DIRS = (REPO_ROOT / "matrices", Path.cwd() / "matrices")
+BASELINES = ("fp", "bicubic")
+ALL = "all"
+# Names the data layer knows; used only when bench.data exposes no list of its own.
+FALLBACK_DATASETS = ("Set5", "Set14", "B100", "Urban100", "Manga109", "sample")
+
+_TOP_KEYS = {"name", "description", "models", "scales", "datasets", "bits", "methods", "baselines",
+             "calibration", "eval", "latency", "cost", "save_images", "seed"}
+_MODEL_KEYS = {"name", "scales", "weights", "scope"}
+_DATASET_KEYS = {"name", "crop", "max_images"}
+_METHOD_KEYS = {"name", "label", "params", "bits"}
+
+
+@dataclass(frozen=True)
+class Bits:
+    w: int
+    a: int
+
+    @property
+    def label(self) -> str:
+        return f"W{self.w}A{self.a}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    scales: tuple[int, ...] | None  # None: the model's registered scales
+    weights: str | None = None      # None = default weights; "random"; or a path template
+    scope: str = "auto"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    crop: int | None = None         # centre crop, in LR pixels
+    max_images: int | None = None   # first N images
+
+    @property
+    def label(self) -> str:
+        """Cell-key name: the plain dataset name unless the matrix shrinks it."""
+        extras = [f"crop{self.crop}" if self.crop else "", f"n{self.max_images}" if self.max_images else ""]
+        extras = [e for e in extras if e]
+        return f"{self.name}[{','.join(extras)}]" if extras else self.name
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    label: str
+    params: tuple[tuple[str, Any], ...] = ()
+    bits: tuple[Bits, ...] | None = None  # None: the matrix's `bits`
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    n: int = 32
+    patch: int = 64
+    seed: int = 0
+    train_dir: str | None = None
+    val: bool = False
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    lpips: bool = False
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    runs: int = 3
+    lr_size: int = 128
+
+
+@dataclass(frozen=True)
+class CostSpec:
+    lr_size: int = 128
+
+
+@dataclass
+class MatrixSpec:
+    name: str
+    path: Path
+    description: str = ""
+    models: tuple[ModelSpec, ...] | str = ()      # or ALL
+    datasets: tuple[DatasetSpec, ...] | str = ()  # or ALL
+    bits: tuple[Bits, ...] = (Bits(4, 4),)
+    methods: tuple[MethodSpec, ...] | str = ()    # or ALL
+    baselines: tuple[str, ...] = ()
+    default_scales: tuple[int, ...] | str | None = None
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    latency: LatencySpec = field(default_factory=LatencySpec)
+    cost: CostSpec = field(default_factory=CostSpec)
+    save_images: bool = False
+    seed: int = 0
+
+    @property
+    def expands_registries(self) -> bool:
+        """True for matrices such as full.yaml, whose cells depend on what is registered and available."""
+        return ALL in (self.models, self.datasets, self.methods, self.default_scales)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+def resolve_matrix_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a file in the repository's `matrices/` folder."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise ConfigError(f"matrix file {candidate} does not exist; give an existing YAML file or a name "
+                              f"from matrices/ ({', '.join(available_matrices())})")
+        return candidate
+    for folder in MATRIX_DIRS:
+        for suffix in (".yaml", ".yml"):
+            path = folder / f"{name_or_path}{suffix}"
+            if path.is_file():
+                return path
+    raise ConfigError(f"unknown matrix {str(name_or_path)!r}; use one of {', '.join(available_matrices())} "
+                      f"or the path of a YAML file")
+
+
+def available_matrices() -> list[str]:
+    names = set()
+    for folder in MATRIX_DIRS:
+        if folder.is_dir():
+            names.update(p.stem for p in folder.glob("*.yaml"))
+    return sorted(names)
+
+
+def load_matrix(name_or_path: str | Path) -> MatrixSpec:
+    path = resolve_matrix_path(name_or_path)
+    raw = _read_yaml(path)
+    return parse_matrix(raw, path)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{where}: invalid YAML ({problem}); fix the syntax at that line") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a matrix must be a YAML mapping with keys models, datasets, methods, ...")
+    return raw
+
+
+class _Checker:
+    """Validation helpers that prefix every message with the file name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, message: str) -> None:
+        raise ConfigError(f"{self.path}: {message}")
+
+    def keys(self, mapping: dict, allowed: set[str], where: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.fail(f"unknown key {key!r} in {where}; allowed keys: {', '.join(sorted(allowed))}")
+
+    def mapping(self, value: Any, where: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(f"`{where}` must be a mapping, got {value!r}")
+        return value
+
+    def int_value(self, value: Any, where: str, minimum: int = 0, allow_none: bool = False) -> int | None:
+        if value is None and allow_none:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(f"`{where}` must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    def bool_value(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(f"`{where}` must be true or false, got {value!r}")
+        return value
+
+    def list_of(self, value: Any, where: str) -> list:
+        if isinstance(value, (str, int, dict)):
+            return [value]
+        if not isinstance(value, list):
+            self.fail(f"`{where}` must be a list, got {value!r}")
+        return value
+
+
+def parse_bits(value: Any, check: _Checker, where: str = "bits") -> Bits:
+    fix = f"use integers {MIN_BITS}-{MAX_BITS} (W=A), e.g. [4, 3, 2], or 'w4a8' / {{w: 4, a: 8}}"
+    if isinstance(value, bool):
+        check.fail(f"bad bits {value!r} in `{where}`; {fix}")
+    if isinstance(value, int):
+        w = a = value
+    elif isinstance(value, str) and re.fullmatch(r"[wW](\d+)[aA](\d+)", value.strip()):
+        w, a = (int(x) for x in re.fullmatch(r"[wW](\d+)[aA](\d+)", value.strip()).groups())
+    elif isinstance(value, dict) and set(value) == {"w", "a"}:
+        w, a = value["w"], value["a"]
+    else:
+        check.fail(f"bad bits {value!r} in `{where}`; {fix}")
+    for bits in (w, a):
+        if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+            check.fail(f"bad bits {value!r} in `{where}`; {fix} (full precision is the `fp` baseline)")
+    return Bits(w, a)
+
+
+def _parse_scales(value: Any, check: _Checker, where: str) -> tuple[int, ...] | str | None:
+    if value is None or value == ALL:
+        return value
+    scales = check.list_of(value, where)
+    for scale in scales:
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            check.fail(f"bad scale {scale!r} in `{where}`; use upscaling factors such as [2, 3, 4]")
+    return tuple(scales)
+
+
+def _parse_models(value: Any, check: _Checker, default_scales) -> tuple[ModelSpec, ...] | str:
+    from models.registry import MODEL_REGISTRY, get_entry
+    _import_registries()
+    if value == ALL:
+        return ALL
+    if value is None:
+        check.fail("`models` is missing; list model names (see `bench models list`) or write `models: all`")
+    specs = []
+    for i, item in enumerate(check.list_of(value, "models")):
+        where = f"models[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        item = check.mapping(item, where)
+        check.keys(item, _MODEL_KEYS, where)
+        name = item.get("name")
+        if name not in MODEL_REGISTRY:
+            check.fail(f"unknown model {name!r} in `{where}`; known models: {', '.join(sorted(MODEL_REGISTRY))}")
+        scales = _parse_scales(item["scales"], check, f"{where}.scales") if "scales" in item else default_scales
+        registered = get_entry(name).scales
+        if isinstance(scales, tuple):
+            for scale in scales:
+                if scale not in registered:
+                    check.fail(f"model {name!r} has no x{scale} in `{where}`; its scales are "
+                               f"{', '.join(map(str, registered))}")
+        weights = item.get("weights")
+        if weights is not None and not isinstance(weights, str):
+            check.fail(f"`{where}.weights` must be 'default', 'random' or a path, got {weights!r}")
+        weights = None if weights in (None, "default") else weights
+        scope = item.get("scope", "auto")
+        if not isinstance(scope, str):
+            check.fail(f"`{where}.scope` must be a scope name, got {scope!r}")
+        specs.append(ModelSpec(name, None if scales in (None, ALL) else scales, weights, scope))
+    return tuple(specs)
+
+
+def known_datasets() -> tuple[str, ...]:
+    """Dataset names the data layer accepts (its own list when it exposes one)."""
+    try:
+        from bench.data import dataset as data_module
+    except ImportError:
+        return FALLBACK_DATASETS
+    for attr in ("list_datasets", "known_datasets"):
+        fn = getattr(data_module, attr, None)
+        if callable(fn):
+            return tuple(fn())
+    for attr in ("DATASETS", "DATASET_REGISTRY", "KNOWN_DATASETS"):
+        table = getattr(data_module, attr, None)
+        if table:
+            return tuple(table)
+    return FALLBACK_DATASETS
+
+
+def _parse_datasets(value: Any, check: _Checker) -> tuple[DatasetSpec, ...] | str:
+    if value == ALL:
+        return ALL
+    if value is None:
+        check.fail("`datasets` is missing; list dataset names such as [Set5, Set14] or write `datasets: all`")
+    known = known_datasets()
+    by_lower = {name.lower(): name for name in known}
+    specs = []
+    for i, item in enumerate(check.list_of(value, "datasets")):
+        where = f"datasets[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        item = check.mapping(item, where)
+        check.keys(item, _DATASET_KEYS, where)
+        name = item.get("name")
+        if not isinstance(name, str) or name.lower() not in by_lower:
+            check.fail(f"unknown dataset {name!r} in `{where}`; known datasets: {', '.join(known)}")
+        crop = check.int_value(item.get("crop"), f"{where}.crop", minimum=8, allow_none=True)
+        max_images = check.int_value(item.get("max_images"), f"{where}.max_images", minimum=1, allow_none=True)
+        specs.append(DatasetSpec(by_lower[name.lower()], crop, max_images))
+    return tuple(specs)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _parse_methods(value: Any, check: _Checker) -> tuple[MethodSpec, ...] | str:
+    from methods.registry import METHOD_REGISTRY, create_method
+    _import_registries()
+    if value == ALL:
+        return ALL
+    if value is None:
+        return ()
+    specs, labels = [], set()
+    for i, item in enumerate(check.list_of(value, "methods")):
+        where = f"methods[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        item = check.mapping(item, where)
+        check.keys(item, _METHOD_KEYS, where)
+        name = item.get("name")
+        if name not in METHOD_REGISTRY:
+            check.fail(f"unknown method {name!r} in `{where}`; known methods: {', '.join(sorted(METHOD_REGISTRY))}"
+                       f" (or load your own with --plugin FILE.py)")
+        params = check.mapping(item.get("params"), f"{where}.params")
+        try:
+            create_method(name, **params)
+        except Exception as exc:  # the method's own validation: report it against the matrix entry
+            message = " ".join(str(exc).split())
+            check.fail(f"bad params for method {name!r} in `{where}.params`: {type(exc).__name__}: {message}")
+        label = item.get("label") or name
+        if not isinstance(label, str) or label in labels or label in BASELINES:
+            check.fail(f"`{where}.label` {label!r} must be a unique name (not fp/bicubic); "
+                       f"give each variant of a method its own label")
+        labels.add(label)
+        bits = None
+        if item.get("bits") is not None:
+            bits = tuple(parse_bits(b, check, f"{where}.bits") for b in check.list_of(item["bits"], f"{where}.bits"))
+        specs.append(MethodSpec(name, label, _freeze(params), bits))
+    return tuple(specs)
+
+
+def _import_registries() -> None:
+    # Importing the packages runs their @register_* decorators.
+    import methods  # noqa: F401
+    import models  # noqa: F401
+
+
+def parse_matrix(raw: dict, path: Path) -> MatrixSpec:
+    check = _Checker(path)
+    check.keys(raw, _TOP_KEYS, "the matrix")
+    default_scales = _parse_scales(raw.get("scales"), check, "scales")
+    bits = tuple(parse_bits(b, check) for b in check.list_of(raw.get("bits", [4]), "bits"))
+    baselines = tuple(check.list_of(raw.get("baselines", []) or [], "baselines"))
+    for baseline in baselines:
+        if baseline not in BASELINES:
+            check.fail(f"unknown baseline {baseline!r} in `baselines`; use {', '.join(BASELINES)}")
+    methods = _parse_methods(raw.get("methods"), check)
+    if not methods and not baselines:
+        check.fail("the matrix has neither `methods` nor `baselines`; add at least one")
+
+    calib = check.mapping(raw.get("calibration"), "calibration")
+    check.keys(calib, {"n", "patch", "seed", "train_dir", "val"}, "calibration")
+    defaults = CalibrationSpec()
+    calibration = CalibrationSpec(
+        n=check.int_value(calib.get("n", defaults.n), "calibration.n", 1),
+        patch=check.int_value(calib.get("patch", defaults.patch), "calibration.patch", 8),
+        seed=check.int_value(calib.get("seed", defaults.seed), "calibration.seed", 0),
+        train_dir=calib.get("train_dir"),
+        val=check.bool_value(calib.get("val", False), "calibration.val"))
+    ev = check.mapping(raw.get("eval"), "eval")
+    check.keys(ev, {"lpips"}, "eval")
+    lat = check.mapping(raw.get("latency"), "latency")
+    check.keys(lat, {"runs", "lr_size"}, "latency")
+    cost = check.mapping(raw.get("cost"), "cost")
+    check.keys(cost, {"lr_size"}, "cost")
+
+    return MatrixSpec(
+        name=str(raw.get("name") or path.stem),
+        path=path,
+        description=str(raw.get("description") or ""),
+        models=_parse_models(raw.get("models"), check, default_scales),
+        datasets=_parse_datasets(raw.get("datasets"), check),
+        bits=bits,
+        methods=methods,
+        baselines=baselines,
+        default_scales=default_scales,
+        calibration=calibration,
+        eval=EvalSpec(lpips=check.bool_value(ev.get("lpips", False), "eval.lpips")),
+        latency=LatencySpec(runs=check.int_value(lat.get("runs", 3), "latency.runs", 0),
+                            lr_size=check.int_value(lat.get("lr_size", 128), "latency.lr_size", 8)),
+        cost=CostSpec(lr_size=check.int_value(cost.get("lr_size", 128), "cost.lr_size", 8)),
+        save_images=check.bool_value(raw.get("save_images", False), "save_images"),
+        seed=check.int_value(raw.get("seed", 0), "seed", 0),
+    )

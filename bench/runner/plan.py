@@ -1,0 +1,94 @@
+"""From a validated matrix to the concrete list of cells of this run.
+
+Explicit matrices list their models, datasets and methods; missing weights or data are then errors (raised
+by the executor's preflight, naming the file and the fix). Matrices that say `all` (full.yaml) are expanded
+from the registries here, and an entry whose weights or data are not available is skipped with a note.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.runner.cells import Cell, expand_cells, select_cells
+from bench.runner.matrix import ALL, DatasetSpec, MatrixSpec, MethodSpec, ModelSpec, known_datasets
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    skipped: list[str] = field(default_factory=list)  # "model x4: <why>" for unavailable registry entries
+
+
+def _model_scales(spec: ModelSpec, matrix: MatrixSpec) -> tuple[int, ...]:
+    from models.registry import get_entry
+    registered = get_entry(spec.name).scales
+    if spec.scales is not None:
+        return spec.scales
+    if isinstance(matrix.default_scales, tuple):
+        return tuple(s for s in matrix.default_scales if s in registered)
+    return registered
+
+
+def _models(matrix: MatrixSpec) -> list[ModelSpec]:
+    if matrix.models != ALL:
+        return list(matrix.models)
+    from models.registry import list_models
+    return [ModelSpec(name, None) for name in list_models()]
+
+
+def _datasets(matrix: MatrixSpec) -> list[DatasetSpec]:
+    if matrix.datasets != ALL:
+        return list(matrix.datasets)
+    return [DatasetSpec(name) for name in known_datasets()]
+
+
+def _methods(matrix: MatrixSpec) -> list[MethodSpec]:
+    if matrix.methods != ALL:
+        return list(matrix.methods)
+    from methods.registry import list_methods
+    return [MethodSpec(name, name) for name in list_methods()]
+
+
+def make_plan(matrix: MatrixSpec, only: dict[str, set[str]], data_root: Path | None,
+              weights_dir: Path | None) -> Plan:
+    models = [(m, s) for m in _models(matrix) for s in _model_scales(m, matrix)]
+    datasets = _datasets(matrix)
+    skipped: list[str] = []
+    if matrix.models == ALL:
+        models = _available_models(models, weights_dir, skipped)
+    cells = select_cells(expand_cells(models, datasets, _methods(matrix), matrix.baselines, matrix.bits), only)
+    if matrix.datasets == ALL:
+        cells = _with_available_data(cells, data_root, skipped)
+    return Plan(cells, skipped)
+
+
+def _available_models(models: list[tuple[ModelSpec, int]], weights_dir: Path | None,
+                      skipped: list[str]) -> list[tuple[ModelSpec, int]]:
+    import torch
+
+    from bench.runner.stages import build_model
+    available = []
+    for spec, scale in models:
+        try:
+            build_model(spec, scale, weights_dir, torch.device("cpu"))
+        except BenchError as exc:
+            skipped.append(f"{spec.name} x{scale}: {exc}")
+            continue
+        available.append((spec, scale))
+    return available
+
+
+def _with_available_data(cells: list[Cell], data_root: Path | None, skipped: list[str]) -> list[Cell]:
+    from bench.runner.stages import load_data
+    verdict: dict[tuple[str, int], bool] = {}
+    for cell in cells:
+        key = (cell.dataset.name, cell.scale)
+        if key not in verdict:
+            try:
+                load_data(cell.dataset, cell.scale, data_root)
+                verdict[key] = True
+            except BenchError as exc:
+                verdict[key] = False
+                skipped.append(f"{cell.dataset.name} x{cell.scale}: {exc}")
+    return [cell for cell in cells if verdict[(cell.dataset.name, cell.scale)]]

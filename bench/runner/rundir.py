@@ -1,0 +1,137 @@
+"""Layout of one run directory, its lock, and the listing behind `bench results`.
+
+    results/<run>/
+        records.jsonl          one JSON line per evaluated cell (bench.runner.records)
+        run.json               matrix name and path, first/last start time, commit
+        matrix.yaml            the matrix text of the latest `bench run`
+        cache/bounds/*.pt      calibrated quantizers, one per (model, scale, method+params, bits)
+        images/<cell>/*.png    SR outputs, when the matrix sets `save_images: true`
+        .lock                  pid of the `bench run` writing here
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.errors import ConfigError
+from bench.runner.records import RECORDS_FILE, STATUS_OK, latest_by_key, read_records
+
+DEFAULT_RESULTS_DIR = Path("results")
+
+
+def safe_name(text: str) -> str:
+    """A file-system-safe rendering of a cell or calibration key."""
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_")[:180]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def records(self) -> Path:
+        return self.path / RECORDS_FILE
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def matrix_copy(self) -> Path:
+        return self.path / "matrix.yaml"
+
+    def bounds_path(self, calib_key: str, fingerprint: str) -> Path:
+        return self.path / "cache" / "bounds" / f"{safe_name(calib_key)}-{fingerprint}.pt"
+
+    def images_dir(self, cell_key: str) -> Path:
+        return self.path / "images" / safe_name(cell_key)
+
+    def read_meta(self) -> dict:
+        if not self.run_json.exists():
+            return {}
+        return json.loads(self.run_json.read_text(encoding="utf-8"))
+
+    def write_meta(self, meta: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.run_json, json.dumps(meta, indent=2).encode())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file then rename, so a kill never leaves a half-written file under `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def find_run(run: str | Path, results_dir: str | Path = DEFAULT_RESULTS_DIR) -> RunDir:
+    """`--run R`: a run directory path, or a run name under the results directory."""
+    for candidate in (Path(run), Path(results_dir) / str(run)):
+        if (candidate / RECORDS_FILE).is_file():
+            return RunDir(candidate)
+    known = ", ".join(r.name for r in list_runs(results_dir)) or "none yet"
+    raise ConfigError(f"no run {str(run)!r}: neither {run}/{RECORDS_FILE} nor {Path(results_dir) / str(run)}/"
+                      f"{RECORDS_FILE} exists; runs in {results_dir}: {known} (create one with `bench run`)")
+
+
+def list_runs(results_dir: str | Path = DEFAULT_RESULTS_DIR) -> list[RunDir]:
+    root = Path(results_dir)
+    if not root.is_dir():
+        return []
+    return sorted((RunDir(p) for p in root.iterdir() if (p / RECORDS_FILE).is_file()), key=lambda r: r.name)
+
+
+def run_summary(run: RunDir) -> dict:
+    """Cell counts of a run (latest record per cell)."""
+    latest = latest_by_key(read_records(run.records))
+    ok = sum(1 for r in latest.values() if r.get("status") == STATUS_OK)
+    meta = run.read_meta()
+    return {"run": run.name, "path": str(run.path), "cells": len(latest), "ok": ok, "errors": len(latest) - ok,
+            "models": sorted({r["model"] for r in latest.values()}),
+            "matrix": meta.get("matrix_path", ""), "last_started": meta.get("last_started", "")}
+
+
+class RunLock:
+    """Refuses a second `bench run` on the same directory; a lock left by a killed run is taken over."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.path = run.path / ".lock"
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            try:
+                pid = int(self.path.read_text().strip() or 0)
+            except ValueError:
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise ConfigError(f"{self.path.parent} is being written by another `bench run` (pid {pid}); "
+                                  f"wait for it, or use --out to write elsewhere")
+        self.path.write_text(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,194 @@
+"""The runner's calls into the rest of the project, one small function per stage.
+
+Models, data, quantization and evaluation belong to other packages; this module only adapts the matrix's
+settings to their interfaces (CONTRACTS.md), so that the executor stays free of their details.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from bench.runner.matrix import CalibrationSpec, DatasetSpec, ModelSpec
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+def resolve_weights(spec: ModelSpec, scale: int, weights_dir: Path | None) -> str | Path | None:
+    """The `weights` argument of `create_model` for a matrix entry."""
+    if spec.weights is None or spec.weights == "random":
+        return spec.weights
+    path = Path(spec.weights.format(scale=scale))
+    if not path.is_absolute() and weights_dir is not None:
+        path = Path(weights_dir) / path
+    return path
+
+
+def build_model(spec: ModelSpec, scale: int, weights_dir: Path | None, device: torch.device) -> nn.Module:
+    from models import create_model
+    weights = resolve_weights(spec, scale, weights_dir)
+    model = create_model(spec.name, scale, weights=weights, device=str(device))
+    return model.eval()
+
+
+def describe_weights(spec: ModelSpec, scale: int, weights_dir: Path | None) -> str:
+    weights = resolve_weights(spec, scale, weights_dir)
+    return "default" if weights is None else str(weights)
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+class DatasetView:
+    """A dataset restricted to its first `max_images` items, each centre-cropped to `crop` LR pixels.
+
+    `on_item` is called on every item access (progress bars). Other attributes are the base dataset's.
+    """
+
+    def __init__(self, base: Any, scale: int, crop: int | None = None, max_images: int | None = None,
+                 on_item: Callable[[], None] | None = None) -> None:
+        self.base = base
+        self.scale = scale
+        self.crop = crop
+        self.count = min(len(base), max_images) if max_images else len(base)
+        self.on_item = on_item
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        if not -self.count <= index < self.count:
+            raise IndexError(index)
+        item = self.base[index % self.count]
+        if self.on_item is not None:
+            self.on_item()
+        return _centre_crop(item, self.crop, self.scale) if self.crop else item
+
+    def __iter__(self):
+        for index in range(self.count):
+            yield self[index]
+
+    def __getattr__(self, name: str):
+        return getattr(self.base, name)
+
+    @property
+    def expected_count(self) -> int | None:
+        return getattr(self.base, "expected_count", None)
+
+    @property
+    def is_subset(self) -> bool:
+        # Any shrinking (fewer images or crops) makes the numbers incomparable with full-set results.
+        return bool(getattr(self.base, "is_subset", False) or self.crop or self.count < len(self.base))
+
+
+def _centre_crop(pair: Any, crop: int, scale: int):
+    lr, hr = pair.lr, pair.hr
+    h, w = lr.shape[:2]
+    ch, cw = min(crop, h), min(crop, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    lr_c = np.ascontiguousarray(lr[top:top + ch, left:left + cw])
+    hr_c = np.ascontiguousarray(hr[top * scale:(top + ch) * scale, left * scale:(left + cw) * scale])
+    if dataclasses.is_dataclass(pair):
+        return dataclasses.replace(pair, lr=lr_c, hr=hr_c)
+    return type(pair)(pair.name, hr_c, lr_c)
+
+
+def load_data(spec: DatasetSpec, scale: int, data_root: Path | None):
+    from bench.data.dataset import load_dataset
+    return load_dataset(spec.name, scale, data_root=data_root)
+
+
+def dataset_view(base: Any, spec: DatasetSpec, scale: int, on_item: Callable[[], None] | None = None) -> DatasetView:
+    return DatasetView(base, scale, spec.crop, spec.max_images, on_item)
+
+
+# -------------------------------------------------------------------------------------------- evaluation
+
+@dataclasses.dataclass
+class EvalOutcome:
+    psnr: float
+    ssim: float
+    lpips: float | None
+    per_image: list[dict]
+    seconds: float
+
+
+def _as_dict(item: Any) -> dict:
+    if dataclasses.is_dataclass(item):
+        return {k: v for k, v in dataclasses.asdict(item).items() if not isinstance(v, np.ndarray)}
+    return {k: v for k, v in vars(item).items() if not isinstance(v, np.ndarray)}
+
+
+def evaluate_on(model: nn.Module, dataset: DatasetView, scale: int, device: torch.device, lpips: bool,
+                save_dir: Path | None = None) -> EvalOutcome:
+    """`bench.evaluate.evaluate` on the view; SR outputs are written to `save_dir` as PNG when given."""
+    from bench.evaluate import evaluate
+    start = time.perf_counter()
+    result = evaluate(model, dataset, scale, str(device), lpips=lpips, progress=False,
+                      return_outputs=save_dir is not None)
+    seconds = time.perf_counter() - start
+    for name, image in (result.outputs or {}).items():
+        write_png(save_dir / f"{name}.png", image)
+    return EvalOutcome(float(result.psnr), float(result.ssim),
+                       None if result.lpips is None else float(result.lpips),
+                       [_as_dict(image) for image in result.per_image], seconds)
+
+
+def write_png(path: Path, image_u8: np.ndarray) -> None:
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    Image.fromarray(image_u8).save(tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------- quantization
+
+def train_dir(calib: CalibrationSpec, train_root: Path | None) -> Path | None:
+    """Folder of HR training images: the matrix's `calibration.train_dir` (relative to --calib), else --calib."""
+    if calib.train_dir is None:
+        return train_root
+    path = Path(calib.train_dir)
+    return path if path.is_absolute() or train_root is None else Path(train_root) / path
+
+
+def calibration_data(calib: CalibrationSpec, scale: int, folder: Path | None,
+                     split: str = "calib") -> torch.Tensor:
+    """The seeded batch of LR patches every method calibrates on (cached by bench.data.calib)."""
+    from bench.data.calib import calibration_batch
+    return calibration_batch(folder, scale, n=calib.n, patch=calib.patch, seed=calib.seed, split=split)
+
+
+def calibrate(fp_model: nn.Module, method_name: str, params: dict, w_bits: int, a_bits: int,
+              batch: torch.Tensor, val_batch: torch.Tensor | None, folder: Path | None, device: torch.device,
+              scope: str, seed: int, progress: bool) -> tuple[nn.Module, float, dict]:
+    """Quantize a copy of `fp_model` with the method; returns (qmodel, seconds, method.describe())."""
+    from bench.quant.pipeline import CalibContext, quantize_with_method
+    from methods.registry import create_method
+    method = create_method(method_name, **params)
+    ctx = CalibContext(fp_model=fp_model, calib_batch=batch.to(device), train_dir=folder,
+                       val_batch=None if val_batch is None else val_batch.to(device), device=device, seed=seed,
+                       progress=progress)
+    qmodel, seconds = quantize_with_method(fp_model, method, w_bits, a_bits, ctx, scope=scope)
+    return qmodel.eval(), float(seconds), dict(method.describe())
+
+
+def save_bounds(qmodel: nn.Module, path: Path, meta: dict) -> None:
+    """Atomic save: a kill mid-write leaves no truncated file under `path`."""
+    from bench.quant import save_quantized
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_quantized(qmodel, tmp, meta)
+    os.replace(tmp, path)
+
+
+def load_bounds(path: Path, fp_model: nn.Module) -> tuple[nn.Module, dict]:
+    from bench.quant import load_quantized
+    loaded = load_quantized(path, fp_model)
+    qmodel, meta = loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "quant_meta", {}) or {})
+    return qmodel.eval(), dict(meta)

@@ -1,0 +1,357 @@
+"""Result tables in the layout of the 2DQuant paper's Table 3.
+
+One table per (model, scale). Rows: FP, bicubic, then the methods grouped by bit-width (widest first);
+columns: each dataset's PSNR and SSIM. In each bit group the best value of every column is bold
+(markdown `**x**`, LaTeX `\\textbf{x}`), compared on the printed (rounded) values so ties are all bold.
+Published numbers (a CSV with columns method,scale,bits,dataset,psnr,ssim) can be shown as reference rows
+under the measured ones, or as delta columns (measured minus published).
+Datasets evaluated on a subset are labelled with their image count, e.g. "Urban100 (10/100)".
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.errors import ConfigError
+
+DATASET_ORDER = ("Set5", "Set14", "B100", "Urban100", "Manga109")
+METRICS = (("psnr", 2), ("ssim", 4))
+DISPLAY_NAMES = {"fp": "FP", "bicubic": "Bicubic", "minmax": "MinMax", "percentile": "Percentile",
+                 "emmse": "EMMSE", "ptq4sr": "DBDC+Pac", "dobi": "DOBI", "2dquant": "2DQuant"}
+# Normalised method names of published tables that mean one of our registry names.
+REFERENCE_ALIASES = {"dbdcpac": "ptq4sr", "ptq4sr": "ptq4sr", "minmax": "minmax", "percentile": "percentile",
+                     "dobi": "dobi", "2dquant": "2dquant", "emmse": "emmse", "bicubic": "bicubic"}
+REFERENCE_COLUMNS = ("method", "scale", "bits", "dataset", "psnr", "ssim")
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(text).lower())
+
+
+# ------------------------------------------------------------------------------------------- reference
+
+@dataclass(frozen=True)
+class ReferenceRow:
+    method: str          # our registry name it corresponds to (fp, bicubic, minmax, ...)
+    name: str            # as printed in the source
+    model: str | None    # normalised model name the FP row names ("swinirlight"), or None
+    scale: int
+    bits: int | None
+    dataset: str
+    psnr: float | None
+    ssim: float | None
+
+
+def load_reference(path: str | Path) -> list[ReferenceRow]:
+    """Published numbers; unknown method names are kept under their own normalised name."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"reference file {path} does not exist; pass a CSV with columns "
+                          f"{','.join(REFERENCE_COLUMNS)} to --reference")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = set(REFERENCE_COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise ConfigError(f"{path}: missing columns {', '.join(sorted(missing))}; a reference CSV needs "
+                              f"{','.join(REFERENCE_COLUMNS)}")
+        raw_rows = list(reader)
+    fp_models = {_norm(r["method"])[:-2] for r in raw_rows if _norm(r["method"]).endswith("fp")}
+    model = next(iter(fp_models)) if len(fp_models) == 1 else None
+    rows = []
+    for number, r in enumerate(raw_rows, start=2):
+        try:
+            norm = _norm(r["method"])
+            method = "fp" if norm.endswith("fp") else REFERENCE_ALIASES.get(norm, norm)
+            rows.append(ReferenceRow(method, r["method"], model, int(r["scale"]),
+                                     int(r["bits"]) if r["bits"] not in ("", None) else None, r["dataset"],
+                                     float(r["psnr"]) if r["psnr"] else None,
+                                     float(r["ssim"]) if r["ssim"] else None))
+        except ValueError as exc:
+            raise ConfigError(f"{path}:{number}: bad number ({exc}); scale and bits are integers, "
+                              f"psnr and ssim decimals") from None
+    return rows
+
+
+# -------------------------------------------------------------------------------------------- the model
+
+@dataclass
+class Row:
+    label: str
+    bits: str                                   # "32", "-", "4" or "W4A8"
+    group: str                                  # rows of one group compete for bold
+    values: dict[tuple[str, str], float | None]  # (dataset, metric) -> value
+    reference: bool = False
+    method: str = ""
+    bold: set[tuple[str, str]] = field(default_factory=set)
+    deltas: dict[tuple[str, str], float | None] = field(default_factory=dict)
+
+
+@dataclass
+class Table:
+    model: str
+    scale: int
+    datasets: list[str]
+    headers: dict[str, str]   # dataset -> header label ("Urban100 (10/100)")
+    rows: list[Row]
+    failed: list[str] = field(default_factory=list)
+    delta: bool = False
+
+    @property
+    def title(self) -> str:
+        return f"{self.model} x{self.scale}"
+
+
+def _bits_label(record: dict) -> tuple[str, str, tuple]:
+    """(bits column text, group key, sort key: FP first, bicubic second, then widest bits first)."""
+    w, a = record.get("w_bits"), record.get("a_bits")
+    if record["method"] == "bicubic" or w is None:
+        return "-", "bicubic", (1, 0, 0)
+    if record["method"] == "fp":
+        return "32", "fp", (0, 0, 0)
+    text = str(w) if w == a else f"W{w}A{a}"
+    return text, f"bits:{text}", (2, -w, -a)
+
+
+def _dataset_header(name: str, records: list[dict]) -> str:
+    record = records[0]
+    parts = []
+    images, expected = record.get("images"), record.get("expected_images")
+    if record.get("is_subset") and images and expected and images < expected:
+        parts.append(f"{images}/{expected}")
+    elif record.get("is_subset") and not record.get("crop"):
+        parts.append("subset")
+    if record.get("crop"):
+        parts.append(f"crop {record['crop']}")
+    return f"{name} ({', '.join(parts)})" if parts else name
+
+
+def _dataset_order(labels: list[str], names: dict[str, str]) -> list[str]:
+    """Paper order (Set5, Set14, B100, Urban100, Manga109), then other datasets alphabetically."""
+    def rank(label: str) -> tuple:
+        name = names[label]
+        return (DATASET_ORDER.index(name) if name in DATASET_ORDER else len(DATASET_ORDER), name, label)
+    return sorted(labels, key=rank)
+
+
+def build_tables(records: list[dict], reference: list[ReferenceRow] | None = None,
+                 delta: bool = False) -> list[Table]:
+    """Tables from the latest record of each cell (errors listed under the table, not as rows)."""
+    tables = []
+    for model, scale in sorted({(r["model"], r["scale"]) for r in records}):
+        mine = [r for r in records if r["model"] == model and r["scale"] == scale]
+        ok = [r for r in mine if r.get("status") == "ok"]
+        failed = [f"{r['key']}: {r.get('error')}" for r in mine if r.get("status") != "ok"]
+        labels = sorted({r.get("dataset_label") or r["dataset"] for r in ok})
+        names = {label: next(r["dataset"] for r in ok if (r.get("dataset_label") or r["dataset"]) == label)
+                 for label in labels}
+        columns = _dataset_order(labels, names)
+        headers = {c: _dataset_header(names[c], [r for r in ok if (r.get("dataset_label") or r["dataset"]) == c])
+                   for c in columns}
+        rows = _measured_rows(ok, columns)
+        refs = _applicable_reference(reference or [], model, scale)
+        if refs and delta:
+            _add_deltas(rows, refs, names)
+        elif refs:
+            rows = _interleave_reference(rows, refs, names, columns)
+        _mark_bold(rows, columns)
+        tables.append(Table(model, scale, columns, headers, rows, failed, delta and bool(refs)))
+    return tables
+
+
+def _measured_rows(records: list[dict], columns: list[str]) -> list[Row]:
+    by_row: dict[tuple, Row] = {}
+    order: dict[tuple, tuple] = {}
+    for index, r in enumerate(records):
+        bits, group, sort_key = _bits_label(r)
+        key = (r["label"], bits)
+        if key not in by_row:
+            name = DISPLAY_NAMES.get(r["label"], r["label"])
+            by_row[key] = Row(name, bits, group, {}, method=r["method"])
+            order[key] = sort_key + (index,)
+        dataset = r.get("dataset_label") or r["dataset"]
+        for metric, _ in METRICS:
+            by_row[key].values[(dataset, metric)] = r.get(metric)
+    return [by_row[k] for k in sorted(by_row, key=lambda k: order[k])]
+
+
+def _applicable_reference(reference: list[ReferenceRow], model: str, scale: int) -> list[ReferenceRow]:
+    # A reference whose FP row names a model (e.g. "SwinIR-light FP") applies to that model only.
+    return [r for r in reference if r.scale == scale and (r.model is None or r.model == _norm(model))]
+
+
+def _reference_bits(row: Row) -> int | None:
+    if row.group == "bicubic":
+        return None
+    return 32 if row.group == "fp" else (int(row.bits) if row.bits.isdigit() else None)
+
+
+def _reference_values(refs: list[ReferenceRow], method: str, bits: int | None,
+                      names: dict[str, str]) -> tuple[str, dict] | None:
+    matched = [r for r in refs if r.method == method and (r.bits == bits or method == "bicubic")]
+    if not matched:
+        return None
+    values = {}
+    for label, name in names.items():
+        hit = next((r for r in matched if r.dataset == name), None)
+        for metric, _ in METRICS:
+            values[(label, metric)] = getattr(hit, metric) if hit else None
+    return matched[0].name, values
+
+
+def _interleave_reference(rows: list[Row], refs: list[ReferenceRow], names: dict[str, str],
+                          columns: list[str]) -> list[Row]:
+    """Each measured method is followed by the published row of the same method and bits."""
+    out: list[Row] = []
+    for i, row in enumerate(rows):
+        out.append(row)
+        next_same = i + 1 < len(rows) and rows[i + 1].method == row.method and rows[i + 1].group == row.group
+        found = None if next_same else _reference_values(refs, row.method, _reference_bits(row), names)
+        if found:
+            name, values = found
+            out.append(Row(f"{name} (paper)", row.bits, row.group, values, reference=True, method=row.method))
+    return out
+
+
+def _add_deltas(rows: list[Row], refs: list[ReferenceRow], names: dict[str, str]) -> None:
+    for row in rows:
+        found = _reference_values(refs, row.method, _reference_bits(row), names)
+        if not found:
+            continue
+        for key, published in found[1].items():
+            measured = row.values.get(key)
+            row.deltas[key] = None if measured is None or published is None else measured - published
+
+
+def _mark_bold(rows: list[Row], columns: list[str]) -> None:
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        if not row.reference:
+            groups.setdefault(row.group, []).append(row)
+    for members in groups.values():
+        if len(members) < 2:
+            continue  # a lone row (FP, bicubic) has nothing to beat
+        for dataset in columns:
+            for metric, digits in METRICS:
+                shown = {id(r): _round(r.values.get((dataset, metric)), digits) for r in members}
+                best = max((v for v in shown.values() if v is not None), default=None)
+                for r in members:
+                    if best is not None and shown[id(r)] == best:
+                        r.bold.add((dataset, metric))
+
+
+def _round(value, digits: int) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), digits) + 0.0  # + 0.0 turns -0.0 into 0.0, so deltas never print "-0.00"
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+def _fmt(value, digits: int, missing: str = "–") -> str:
+    rounded = _round(value, digits)
+    return missing if rounded is None else f"{rounded:.{digits}f}"
+
+
+def _fmt_delta(value, digits: int) -> str:
+    rounded = _round(value, digits)
+    return "" if rounded is None else f"{rounded:+.{digits}f}"
+
+
+def _cells(table: Table, row: Row, bold, missing: str = "–") -> list[str]:
+    cells = []
+    for dataset in table.datasets:
+        for metric, digits in METRICS:
+            text = _fmt(row.values.get((dataset, metric)), digits, missing)
+            cells.append(bold(text) if (dataset, metric) in row.bold else text)
+            if table.delta:
+                cells.append(_fmt_delta(row.deltas.get((dataset, metric)), digits))
+    return cells
+
+
+def _metric_headers(table: Table, dataset: str, style: str = "flat") -> list[str]:
+    names = []
+    for metric, _ in METRICS:
+        names.append(metric.upper() if style == "sub" else f"{table.headers[dataset]} {metric.upper()}")
+        if table.delta:
+            names.append(f"Δ{metric.upper()}" if style == "sub" else f"{table.headers[dataset]} Δ{metric.upper()}")
+    return names
+
+
+def render_markdown(tables: list[Table]) -> str:
+    from tabulate import tabulate
+    parts = []
+    for table in tables:
+        headers = ["Method", "Bits"] + [h for d in table.datasets for h in _metric_headers(table, d)]
+        body = [[("*" + row.label + "*") if row.reference else row.label, row.bits]
+                + _cells(table, row, lambda t: f"**{t}**") for row in table.rows]
+        parts.append(f"### {table.title}\n\n" + tabulate(body, headers=headers, tablefmt="github",
+                                                         disable_numparse=True))
+        parts += [_failed_note(table)] if table.failed else []
+    return "\n\n".join(parts) + "\n"
+
+
+def _failed_note(table: Table) -> str:
+    return "Failed cells (see records.jsonl):\n" + "\n".join(f"- {line}" for line in table.failed)
+
+
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+                  "†": r"$^\dagger$", "–": "--", "Δ": r"$\Delta$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def render_latex(tables: list[Table]) -> str:
+    parts = []
+    for table in tables:
+        per_dataset = len(METRICS) * (2 if table.delta else 1)
+        lines = [f"% {table.title}", r"\begin{tabular}{ll" + "c" * per_dataset * len(table.datasets) + "}",
+                 r"\toprule",
+                 "Method & Bits & " + " & ".join(rf"\multicolumn{{{per_dataset}}}{{c}}{{{latex_escape(table.headers[d])}}}"
+                                                 for d in table.datasets) + r" \\",
+                 " & & " + " & ".join(latex_escape(h) for d in table.datasets
+                                      for h in _metric_headers(table, d, "sub")) + r" \\",
+                 r"\midrule"]
+        previous_group = None
+        for row in table.rows:
+            if previous_group is not None and row.group != previous_group:
+                lines.append(r"\midrule")
+            previous_group = row.group
+            label = latex_escape(row.label)
+            label = rf"\textit{{{label}}}" if row.reference else label
+            cells = [latex_escape(c) for c in _cells(table, row, lambda t: f"\x00{t}\x01")]
+            cells = [c.replace("\x00", r"\textbf{").replace("\x01", "}") for c in cells]
+            lines.append(" & ".join([label, latex_escape(row.bits)] + cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_csv(tables: list[Table]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for i, table in enumerate(tables):
+        headers = ["model", "scale", "method", "bits", "reference"] + \
+                  [h for d in table.datasets for h in _metric_headers(table, d)]
+        if i:
+            writer.writerow([])
+        writer.writerow(headers)
+        for row in table.rows:
+            writer.writerow([table.model, table.scale, row.label, row.bits, int(row.reference)]
+                            + _cells(table, row, lambda t: t, missing=""))
+    return buffer.getvalue()
+
+
+RENDERERS = {"md": render_markdown, "latex": render_latex, "csv": render_csv}
+
+
+def render(tables: list[Table], fmt: str) -> str:
+    if fmt not in RENDERERS:
+        raise ConfigError(f"unknown table format {fmt!r}; use one of {', '.join(RENDERERS)}")
+    return RENDERERS[fmt](tables)

@@ -1,0 +1,156 @@
+"""Visual comparison strip (like the 2DQuant paper's Fig. 1): the same crop of HR, bicubic, FP and every
+quantized cell of one (model, scale, dataset), side by side, each titled with its PSNR on that image.
+
+SR outputs come from the run's `images/` folder when the matrix saved them (`save_images: true`);
+otherwise they are recomputed from the FP weights and the run's cached calibrated bounds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.errors import ConfigError  # noqa: E402
+from bench.runner import stages  # noqa: E402
+from bench.runner.matrix import DatasetSpec, ModelSpec  # noqa: E402
+from bench.runner.records import read_records, latest_by_key  # noqa: E402
+from bench.runner.rundir import RunDir  # noqa: E402
+from bench.runner.tables import DISPLAY_NAMES  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Crop:
+    x: int
+    y: int
+    w: int
+    h: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Crop":
+        try:
+            x, y, w, h = (int(v) for v in text.split(","))
+        except ValueError:
+            raise ConfigError(f"bad --crop {text!r}; use x,y,w,h in HR pixels, e.g. --crop 100,60,96,96") from None
+        if min(w, h) < 1 or min(x, y) < 0:
+            raise ConfigError(f"bad --crop {text!r}: x,y must be >= 0 and w,h >= 1")
+        return cls(x, y, w, h)
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        height, width = image.shape[:2]
+        if self.x + self.w > width or self.y + self.h > height:
+            raise ConfigError(f"--crop {self.x},{self.y},{self.w},{self.h} exceeds the {width}x{height} HR image; "
+                              f"choose a region inside it")
+        return image[self.y:self.y + self.h, self.x:self.x + self.w]
+
+
+@dataclass
+class Panel:
+    title: str
+    image: np.ndarray
+
+
+def _select(records: list[dict], dataset: str | None, scale: int | None, model: str | None) -> list[dict]:
+    chosen = [r for r in records if r.get("status") == "ok"
+              and (dataset is None or dataset in (r["dataset"], r.get("dataset_label")))
+              and (scale is None or r["scale"] == scale) and (model is None or r["model"] == model)]
+    combos = sorted({(r["model"], r["scale"], r.get("dataset_label") or r["dataset"]) for r in chosen})
+    if not combos:
+        raise ConfigError("no successful cells match --dataset/--scale/--model in this run; "
+                          "see `bench table --run R` for what it holds")
+    if len(combos) > 1:
+        listed = ", ".join(f"{m} x{s} {d}" for m, s, d in combos)
+        raise ConfigError(f"the run holds several (model, scale, dataset) combinations ({listed}); "
+                          f"choose one with --model, --scale and --dataset")
+    return chosen
+
+
+def _image_pair(dataset, name: str):
+    names = [pair.name for pair in dataset]
+    if name not in names:
+        raise ConfigError(f"no image {name!r} in the dataset; its images are: {', '.join(names)}")
+    return dataset[names.index(name)]
+
+
+def _image_psnr(record: dict, name: str) -> float | None:
+    entry = next((p for p in record.get("per_image") or [] if p.get("name") == name), None)
+    return None if entry is None else entry.get("psnr")
+
+
+class _Recomputer:
+    """SR outputs of cells whose images were not saved: FP weights + the run's cached bounds."""
+
+    def __init__(self, run: RunDir, device: torch.device) -> None:
+        self.run, self.device = run, device
+        self._fp: dict[tuple, torch.nn.Module] = {}
+
+    def fp_model(self, record: dict):
+        weights = record.get("weights")
+        spec = ModelSpec(record["model"], None, None if weights in (None, "default") else weights)
+        key = (spec, record["scale"])
+        if key not in self._fp:
+            self._fp[key] = stages.build_model(spec, record["scale"], None, self.device)
+        return self._fp[key]
+
+    def model(self, record: dict):
+        fp = self.fp_model(record)
+        if record["method"] == "fp":
+            return fp
+        calib_key = record["key"].rsplit("/", 1)[0]
+        path = self.run.bounds_path(calib_key, record["fingerprint"])
+        if not path.exists():
+            raise ConfigError(f"cell {record['key']} has neither saved SR images nor cached bounds ({path}); "
+                              f"rerun its matrix with `save_images: true`")
+        return stages.load_bounds(path, fp)[0]
+
+
+def build_panels(run: RunDir, image: str, crop: Crop, dataset: str | None = None, scale: int | None = None,
+                 model: str | None = None, data_root: Path | None = None, device: str = "cpu") -> list[Panel]:
+    from bench.data.imresize import imresize
+    from bench.inference import upscale
+
+    records = _select(list(latest_by_key(read_records(run.records)).values()), dataset, scale, model)
+    first = records[0]
+    view = stages.dataset_view(stages.load_data(DatasetSpec(first["dataset"]), first["scale"], data_root),
+                               DatasetSpec(first["dataset"], first.get("crop")), first["scale"])
+    pair = _image_pair(view, image)
+    panels = [Panel("HR", crop.apply(pair.hr))]
+    recompute = _Recomputer(run, torch.device(device))
+    order = sorted(records, key=lambda r: (r["method"] != "bicubic", r["method"] != "fp", -(r.get("w_bits") or 0)))
+    for record in order:
+        saved = run.path / record["images_dir"] / f"{image}.png" if record.get("images_dir") else None
+        if saved is not None and saved.exists():
+            from PIL import Image
+            sr = np.asarray(Image.open(saved).convert("RGB"))
+        elif record["method"] == "bicubic":
+            sr = imresize(pair.lr, record["scale"])
+        else:
+            sr = upscale(recompute.model(record), pair.lr, record["scale"], device)
+        name = DISPLAY_NAMES.get(record["label"], record["label"])
+        bits = "" if record["method"] in ("fp", "bicubic") else f" W{record['w_bits']}A{record['a_bits']}"
+        psnr = _image_psnr(record, image)
+        panels.append(Panel(f"{name}{bits}" + (f"\n{psnr:.2f} dB" if psnr is not None else ""), crop.apply(sr)))
+    return panels
+
+
+def save_strip(panels: list[Panel], out_stem: Path, title: str = "") -> list[Path]:
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.7), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        ax.imshow(panel.image, interpolation="nearest")
+        ax.set_title(panel.title, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in ("png", "pdf"):
+        path = out_stem.with_suffix(f".{fmt}")
+        fig.savefig(path, dpi=200, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
