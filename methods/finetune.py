@@ -6,7 +6,11 @@ Pieces, each usable alone:
   * `OptimConfig` + `build_optimizer` / `build_scheduler`: Adam with a cosine or constant schedule;
   * `BoundTrainer`: the distillation loop (teacher = full-precision model, student = fake-quant model)
     with a tqdm progress bar showing the loss, optional periodic validation that keeps the best bounds,
-    and the loss history as result.
+    and the loss history as result;
+  * `KeepOrdered`: after each step, a pair of bounds that crossed (u <= l) is repaired to
+    u = l + 1e-6 * max(1, |l|) (the core's zero-width rule) and counted; neither paper states what happens then;
+  * `training_patches`: fresh augmented LR batches (PatchSampler on `ctx.train_dir`, else crops of the
+    calibration batch); `seed_everything`, `model_scale`.
 
 Both models stay in eval mode throughout: SwinIR's DropPath would otherwise be active (spec §1).
 """
@@ -15,14 +19,16 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 from tqdm import tqdm
 
+from bench.quant.pipeline import CalibContext
 from bench.quant.quantizer import FakeQuantizer
 
 Features = list[torch.Tensor]
@@ -51,7 +57,7 @@ class FeatureTap:
         # Some blocks return tuples (e.g. (features, aux)); the first element is the feature map.
         self.outputs.append(output[0] if isinstance(output, (tuple, list)) else output)
 
-    def __enter__(self) -> "FeatureTap":
+    def __enter__(self) -> FeatureTap:  # noqa: PYI034 (typing.Self needs 3.11; the project supports 3.10)
         self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
         return self
 
@@ -156,6 +162,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     val_psnr: list[tuple[int, float]] = field(default_factory=list)  # (iteration, PSNR)
     best_iter: int | None = None  # iteration whose bounds were kept (None = the last)
+    repairs: int = 0  # crossed bound pairs repaired by KeepOrdered (filled in by the method)
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -282,7 +289,7 @@ def model_scale(model: nn.Module) -> int:
     return max(1, out.shape[-1] // 16)
 
 
-def training_patches(ctx, batch_size: int, patch: int, seed: int,
+def training_patches(ctx: CalibContext, batch_size: int, patch: int, seed: int,
                      generator: torch.Generator | None = None) -> Callable[[], torch.Tensor]:
     """A source of fresh augmented LR training batches for fine-tuning (spec §3.2).
 

@@ -15,6 +15,11 @@ contributes no gradient: `pa_grad=False` (default) reproduces that, `pa_grad=Tru
 Each bound's gradient is scaled by LSQ's g = 1/sqrt(numel(x0) * (2^(b-1) - 1)), x0 = the tensor the
 quantizer saw at calibration (the weight, or the activation on the calibration batch).
 
+Fine-tuning patches: `batch` LR patches of `patch` x `patch` (default 64 = the calibration patch size) from
+`ctx.train_dir` (bench.data.calib.PatchSampler, which also flips/transposes; the release used un-augmented
+192-HR crops), or crops of the calibration batch when the context has no train_dir.
+Bounds that cross during Pac are repaired (`methods.finetune.KeepOrdered`, counted in `history.repairs`).
+
 Deviation from the release: the model stays in eval() (the release calls train(), which turns SwinIR's
 DropPath on).
 """
@@ -23,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from bench.errors import ConfigError
 from bench.quant.calibrate import capture_activations
@@ -33,10 +38,16 @@ from bench.quant.quantizer import FakeQuantizer, lsq_grad_scale
 from bench.quant.surgery import activation_quantizers, quantizers, weight_quantizers
 from methods.base import PTQMethod
 from methods.dbdc import RunningMean, dbdc_mass, dbdc_range
-from methods.finetune import (BoundTrainer, Features, KeepOrdered, OptimConfig, TrainResult, seed_everything,
-                              training_patches)
+from methods.finetune import (
+    BoundTrainer,
+    Features,
+    KeepOrdered,
+    OptimConfig,
+    TrainResult,
+    seed_everything,
+    training_patches,
+)
 from methods.registry import register_method
-
 
 # ------------------------------------------------------------------------------------------------ loss
 
@@ -158,7 +169,9 @@ class PTQ4SR(PTQMethod):
         draw = training_patches(ctx, n, h, self.params.seed)
         return [first] + [draw() for _ in range(self.params.calib_batches - 1)]
 
-    def pac(self, qmodel: nn.Module, ctx: CalibContext, numel: dict[str, int]) -> PacHistory:
+    def pac(self, qmodel: nn.Module, ctx: CalibContext, numel: dict[str, int],
+            phases: tuple[str, ...] = ("act", "weight")) -> PacHistory:
+        """Pac: phase "act" (activation bounds) then phase "weight" (weight bounds), `iters` steps each."""
         prm = self.params
         history = PacHistory()
         if prm.iters == 0:
@@ -176,9 +189,10 @@ class PTQ4SR(PTQMethod):
             def loss(out_q, out_fp, feats_q, feats_fp):
                 return pac_loss(out_q, out_fp, feats_q, feats_fp, prm.pa_weight, prm.pa_grad)
 
-            phases = (("act", [q for _, q in all_q if not q.is_weight], prm.act_lr, prm.act_lr_min),
-                      ("weight", [q for _, q in all_q if q.is_weight], prm.weight_lr, prm.weight_lr_min))
-            for phase, qs, lr, lr_min in phases:
+            settings = {"act": ([q for _, q in all_q if not q.is_weight], prm.act_lr, prm.act_lr_min),
+                        "weight": ([q for _, q in all_q if q.is_weight], prm.weight_lr, prm.weight_lr_min)}
+            for phase in phases:
+                qs, lr, lr_min = settings[phase]
                 cfg = OptimConfig(lr=lr, lr_min=lr_min, iters=prm.iters, schedule="cosine")
                 bounds = [b for q in qs for b in (q.lower, q.upper)]
                 trainer = BoundTrainer(qmodel, ctx.fp_model, bounds, loss, cfg, device=ctx.device,

@@ -14,9 +14,11 @@ Loss "paper" (Eqs. 4-6): L_O = ||O - O_q||_1 / (C H W) per image, batch mean;
   L_F = sum_i ||F_i/||F_i|| - F_qi/||F_qi|| ||_2 / (C_i H_i W_i) per image (un-squared), batch mean.
 Loss "code" (the released code, its broadcasting bug included, spec §4.6 / D6): see `dqc_loss_code`.
 
+Bounds that cross during DQC are repaired (`methods.finetune.KeepOrdered`, counted in `history.repairs`).
 Model selection never uses a test set: `select="last"` keeps the final bounds; `select="val"` evaluates the
-PSNR of the quantized output against the FP output on `ctx.val_batch` (held-out training patches) every
-`val_every` iterations and keeps the best bounds.
+PSNR of the quantized output against the FP output on `ctx.val_batch` (held-out training patches; without
+one, `val_n` patches of the held-out "val" split of `ctx.train_dir`) every `val_every` iterations and keeps
+the best bounds.
 """
 from __future__ import annotations
 
@@ -24,18 +26,26 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from bench.errors import ConfigError
 from bench.quant.pipeline import CalibContext
 from bench.quant.surgery import quantizers
 from methods.base import PTQMethod
 from methods.dobi import DOBI
-from methods.finetune import (BoundTrainer, Features, KeepOrdered, OptimConfig, TrainResult, psnr,
-                              seed_everything, training_patches)
+from methods.finetune import (
+    BoundTrainer,
+    Features,
+    KeepOrdered,
+    OptimConfig,
+    TrainResult,
+    model_scale,
+    psnr,
+    seed_everything,
+    training_patches,
+)
 from methods.registry import register_method
-
 
 # ------------------------------------------------------------------------------------------------ losses
 
@@ -121,10 +131,11 @@ class TwoDQuant(PTQMethod):
         patch: int = 64                    # DQC LR patch size
         select: Literal["last", "val"] = "last"
         val_every: int = 100
+        val_n: int = 16                    # held-out patches when the context brings no val_batch
         seed: int = 3407
 
         def __post_init__(self) -> None:
-            for key in ("batch", "patch", "val_every", "K"):
+            for key in ("batch", "patch", "val_every", "val_n", "K"):
                 value = getattr(self, key)
                 if value is not None and value < 1:
                     raise ValueError(f"{key}={value} must be >= 1")
@@ -147,18 +158,27 @@ class TwoDQuant(PTQMethod):
         return record
 
     # ---------------------------------------------------------------------------------------- stages
-    def _validator(self, qmodel: nn.Module, ctx: CalibContext):
-        if self.params.select == "last":
+    def _val_batch(self, ctx: CalibContext) -> torch.Tensor:
+        """ctx.val_batch, else `val_n` patches of the held-out "val" split of ctx.train_dir."""
+        if ctx.val_batch is not None:
+            return ctx.val_batch
+        if ctx.train_dir is None:
+            raise ConfigError("2dquant select=val needs held-out patches: give CalibContext(val_batch=...) or "
+                              "train_dir (its 'val' split is used), or use select=last")
+        from bench.data.calib import calibration_batch
+        return calibration_batch(ctx.train_dir, model_scale(ctx.fp_model), n=self.params.val_n,
+                                 patch=self.params.patch, seed=ctx.seed, split="val")
+
+    def _validator(self, qmodel: nn.Module, ctx: CalibContext, val: torch.Tensor | None):
+        if val is None:
             return None
-        if ctx.val_batch is None:
-            raise ConfigError("2dquant select=val needs held-out patches: CalibContext(val_batch=...) "
-                              "(bench.data.calib.calibration_batch(..., split='val')), or use select=last")
-        val = ctx.val_batch.to(ctx.device)
+        val = val.to(ctx.device)
         with torch.no_grad():
             target = ctx.fp_model(val)
         return lambda: psnr(qmodel(val), target)
 
-    def dqc(self, qmodel: nn.Module, ctx: CalibContext) -> TrainResult:
+    def dqc(self, qmodel: nn.Module, ctx: CalibContext, val: torch.Tensor | None = None) -> TrainResult:
+        """DQC on every bound; with `val` (LR patches), keep the bounds with the best PSNR on it."""
         s, prm = self.settings(), self.params
         if s.iters == 0:
             return TrainResult()
@@ -173,14 +193,18 @@ class TwoDQuant(PTQMethod):
         def loss(out_q, out_fp, feats_q, feats_fp):
             return loss_fn(out_q, out_fp, feats_q, feats_fp, prm.lam)
 
+        guard = KeepOrdered(all_q)
         trainer = BoundTrainer(qmodel, ctx.fp_model, bounds, loss, cfg, device=ctx.device, desc="2dquant DQC",
-                               progress=ctx.progress, after_step=KeepOrdered(all_q))
-        return trainer.run(next_batch, validate=self._validator(qmodel, ctx), val_every=prm.val_every)
+                               progress=ctx.progress, after_step=guard)
+        result = trainer.run(next_batch, validate=self._validator(qmodel, ctx, val), val_every=prm.val_every)
+        result.repairs = guard.repairs
+        return result
 
     # ---------------------------------------------------------------------------------------- method
     def calibrate(self, qmodel: nn.Module, ctx: CalibContext) -> None:
         s = self.settings()
         if ctx.fp_model is None and s.iters > 0:
             raise ConfigError("2dquant's DQC stage needs the full-precision teacher: CalibContext(fp_model=...)")
+        val = self._val_batch(ctx) if self.params.select == "val" and s.iters > 0 else None  # fail before DOBI
         DOBI(variant=s.dobi_variant, K=self.params.K).calibrate(qmodel, ctx)
-        self.history = self.dqc(qmodel, ctx)
+        self.history = self.dqc(qmodel, ctx, val)

@@ -16,6 +16,7 @@ from models.registry import MODEL_REGISTRY, get_entry, list_models, register_mod
 ARCHITECTURE_MODULES = ("models.imdn", "models.swinir", "models.carn", "models.rfdn", "models.rlfn", "models.bsrn")
 
 RANDOM = "random"
+DEFAULT = "default"  # same as None (matrix files spell it out)
 
 
 def _import_architectures() -> None:
@@ -33,7 +34,7 @@ _import_architectures()
 def create_model(name: str, scale: int, weights: str | Path | None = None, device: str = "cpu") -> nn.Module:
     """Build `name` for x`scale` in eval mode.
 
-    weights: None = the default weights (fetch cache, then shipped project weights; CheckpointError naming
+    weights: None (or "default") = the default weights (fetch cache, then shipped project weights; CheckpointError naming
     where to put the file if neither exists), "random" = untrained (tests, training), else a weights file
     (.pth/.pt with any common wrapper, or .safetensors), loaded strictly.
     """
@@ -44,6 +45,8 @@ def create_model(name: str, scale: int, weights: str | Path | None = None, devic
     # Recorded for the quantization scopes ("auto" reads the registry default) and for error messages.
     model.model_name = name
     model.scale = scale
+    if isinstance(weights, str) and weights == DEFAULT:
+        weights = None
     if not (isinstance(weights, str) and weights == RANDOM):
         source = resolve_weights(name, scale, weights)
         load_checkpoint(model, source.path)
@@ -51,4 +54,4 @@ def create_model(name: str, scale: int, weights: str | Path | None = None, devic
     return model.to(device).eval()
 
 
-__all__ = ["create_model", "load_checkpoint", "register_model", "get_entry", "list_models", "MODEL_REGISTRY"]
+__all__ = ["MODEL_REGISTRY", "create_model", "get_entry", "list_models", "load_checkpoint", "register_model"]

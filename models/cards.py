@@ -3,7 +3,7 @@ their file name, hash, parameter count and published full-precision PSNR."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -22,21 +22,27 @@ class Card:
     sha256: str | None = None
     params: int | None = None
     paper_psnr: dict[str, float] = field(default_factory=dict)
+    measured_psnr: dict[str, float] = field(default_factory=dict)
     source: str = ""
+
+
+def _psnr_table(value) -> dict[str, float]:
+    return {str(k): float(v) for k, v in (value or {}).items()}
 
 
 def _card(entry: dict, index: int) -> Card:
     try:
         return Card(model=str(entry["model"]), scale=int(entry["scale"]), file=str(entry["file"]),
                     url=str(entry["url"]), sha256=entry.get("sha256"), params=entry.get("params"),
-                    paper_psnr={str(k): float(v) for k, v in (entry.get("paper_psnr") or {}).items()},
+                    paper_psnr=_psnr_table(entry.get("paper_psnr")),
+                    measured_psnr=_psnr_table(entry.get("measured_psnr")),
                     source=str(entry.get("source", "")))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{CARDS_FILE}: entry {index} is malformed ({exc}); each card needs model, scale, "
                           f"file and url") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_cards() -> tuple[Card, ...]:
     entries = yaml.safe_load(CARDS_FILE.read_text()) or []
     return tuple(_card(entry, i) for i, entry in enumerate(entries))

@@ -4,13 +4,16 @@ Accepted inputs: a path to a `.pth`/`.pt` (plain state dict or a `params`/`param
 wrapper, as saved by BasicSR, SwinIR, DataParallel or `bench train`) or a `.safetensors` file, or an in-memory
 state dict. Prefixes added by wrappers (`module.`, `_orig_mod.`) are stripped. Buffers that a model derives from
 its configuration (SwinIR's `attn_mask` / `relative_position_index`, listed by the model in
-`derived_buffer_suffixes`) are dropped from the checkpoint: they are recomputed, never trusted from a file.
+`derived_buffer_suffixes`) are dropped from the checkpoint: they are recomputed, never trusted from a file. So are
+the branches of a multi-scale checkpoint that the model declares unused (`unused_checkpoint_prefixes`, CARN-M).
+A model may also help the error message tell a scale mismatch: `scale` + `upsampler_weight_key` (pixel-shuffle
+conv whose output channels are c * scale**2), or its own `checkpoint_scale(state)`.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Union
 
 import torch
 import torch.nn as nn
@@ -18,7 +21,7 @@ import torch.nn as nn
 from bench.errors import CheckpointError
 
 StateDict = dict[str, torch.Tensor]
-PathOrState = Union[str, Path, Mapping[str, torch.Tensor]]
+PathOrState = str | Path | Mapping[str, torch.Tensor]
 
 # Wrapper keys in order of preference; 'params' first because SwinIR's official test loads 'params' for the
 # classical and lightweight checkpoints even when an EMA copy is present.
@@ -42,7 +45,7 @@ class CheckpointMismatchError(CheckpointError):
 class LoadReport:
     source: str
     n_tensors: int
-    dropped_derived: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # derived buffers and unused branches found in the file
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -64,7 +67,7 @@ def _read_safetensors(path: Path) -> dict:
     from safetensors.torch import load_file
     try:
         return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for truncated/garbled headers
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types for truncated/garbled headers)
         raise CheckpointError(f"{path} is not a readable .safetensors file ({_short(exc)}); "
                               f"re-download or re-export it") from None
 
@@ -73,7 +76,7 @@ def _read_torch(path: Path) -> dict:
     try:
         # weights_only: a weights file never needs arbitrary pickled objects, and must not run code.
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, text file, foreign pickle: all mean "not a usable checkpoint"
+    except Exception as exc:  # noqa: BLE001  (truncated zip, text, foreign pickle: all "not a checkpoint")
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_short(exc)}); "
                               f"re-download it or pass a .pth/.safetensors weights file") from None
 
@@ -117,7 +120,8 @@ def drop_derived(state: StateDict, model: nn.Module) -> tuple[StateDict, list[st
     suffixes = derived_suffixes(model)
     prefixes = tuple(getattr(model, "unused_checkpoint_prefixes", ()))
     dropped = [k for k in state if k.rsplit(".", 1)[-1] in suffixes or (prefixes and k.startswith(prefixes))]
-    return {k: v for k, v in state.items() if k not in dropped}, dropped
+    skip = set(dropped)
+    return {k: v for k, v in state.items() if k not in skip}, dropped
 
 
 def compare(model: nn.Module, state: StateDict) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
@@ -149,11 +153,22 @@ def checkpoint_scale(model: nn.Module, state: StateDict) -> int | None:
     return root if rest == 0 and root * root == ratio else None
 
 
+def _only_upsampler_differs(model: nn.Module, missing, unexpected, mismatched) -> bool:
+    """True when every differing key belongs to the upsampler (prefix `upsampler_prefix`, default: the first
+    component of `upsampler_weight_key`), i.e. the checkpoint is the same network at another scale."""
+    key = getattr(model, "upsampler_weight_key", None)
+    if key is None:
+        return True
+    prefix = getattr(model, "upsampler_prefix", key.split(".")[0] + ".")
+    return all(k.startswith(prefix) for k in [*missing, *unexpected, *(m[0] for m in mismatched)])
+
+
 def _mismatch_message(label: str, model: nn.Module, state: StateDict, missing, unexpected, mismatched) -> str:
     model_scale = getattr(model, "scale", None)
     ckpt_scale = checkpoint_scale(model, state)
     name = getattr(model, "model_name", type(model).__name__)
-    if ckpt_scale is not None and model_scale is not None and ckpt_scale != model_scale:
+    if (ckpt_scale is not None and model_scale is not None and ckpt_scale != model_scale
+            and _only_upsampler_differs(model, missing, unexpected, mismatched)):
         return (f"checkpoint {label} is for x{ckpt_scale}, model {name} is x{model_scale}; "
                 f"pass the x{model_scale} weights file")
     parts = []
@@ -186,5 +201,6 @@ def load_checkpoint(model: nn.Module, path_or_state: PathOrState, *, strict: boo
     if mismatched or (strict and (missing or unexpected)):
         raise CheckpointMismatchError(_mismatch_message(label, model, state, missing, unexpected, mismatched),
                                       missing, unexpected, mismatched)
-    model.load_state_dict({k: v for k, v in state.items() if k not in unexpected}, strict=False)
+    extra = set(unexpected)
+    model.load_state_dict({k: v for k, v in state.items() if k not in extra}, strict=False)
     return LoadReport(label, len(state) - len(unexpected), dropped)

@@ -103,3 +103,64 @@ class IMDN(nn.Module):
                 quant_scopes=("ptq4sr",))
 def build_imdn(scale: int) -> nn.Module:
     return IMDN(scale).eval()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# "imdn-ntire": the simplified IMDN of KAIR that the NTIRE 2022 efficient-SR challenge used as its baseline
+# (`model_zoo/imdn_baseline.pth`, x4): 8 blocks without contrast attention, one long skip, keys `model.*`.
+
+class SimplifiedIMDB(nn.Module):
+    """IMDB without CCA: conv1..conv3 (conv + LReLU, as `convN.0`) each split off 16 channels, conv4 the last
+    16, a 1x1 fusion conv, and the block skip."""
+
+    def __init__(self, channels: int = 64, distillation_rate: float = 0.25):
+        super().__init__()
+        self.distilled = int(channels * distillation_rate)
+        self.remaining = channels - self.distilled
+        self.conv1 = nn.Sequential(conv3x3(channels, channels), nn.LeakyReLU(LRELU_SLOPE, inplace=True))
+        self.conv2 = nn.Sequential(conv3x3(self.remaining, channels), nn.LeakyReLU(LRELU_SLOPE, inplace=True))
+        self.conv3 = nn.Sequential(conv3x3(self.remaining, channels), nn.LeakyReLU(LRELU_SLOPE, inplace=True))
+        self.conv4 = conv3x3(self.remaining, self.distilled)
+        self.conv1x1 = conv1x1(self.distilled * 4, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        split = (self.distilled, self.remaining)
+        d1, r1 = torch.split(self.conv1(x), split, dim=1)
+        d2, r2 = torch.split(self.conv2(r1), split, dim=1)
+        d3, r3 = torch.split(self.conv3(r2), split, dim=1)
+        return x + self.conv1x1(torch.cat([d1, d2, d3, self.conv4(r3)], dim=1))
+
+
+class LongSkip(nn.Module):
+    """x + sub(x) (KAIR's ShortcutBlock; the checkpoint names the body `sub`)."""
+
+    def __init__(self, sub: nn.Module):
+        super().__init__()
+        self.sub = sub
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.sub(x)
+
+
+class IMDNBaseline(nn.Module):
+    upsampler_weight_key = "model.2.weight"
+    upsampler_prefix = "model.2."
+
+    def __init__(self, scale: int = 4, nf: int = 64, num_blocks: int = 8):
+        super().__init__()
+        self.scale, self.num_blocks = scale, num_blocks
+        body = [SimplifiedIMDB(nf) for _ in range(num_blocks)] + [conv3x3(nf, nf)]
+        self.model = nn.Sequential(conv3x3(3, nf), LongSkip(nn.Sequential(*body)),
+                                   conv3x3(nf, 3 * scale * scale), nn.PixelShuffle(scale))
+
+    def feature_modules(self) -> list[nn.Module]:
+        return list(self.model[1].sub[:self.num_blocks])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@register_model("imdn-ntire", scales=(4,), quant_scopes=("ptq4sr",),
+                description="simplified IMDN (8 blocks, no CCA), NTIRE 2022 ESR baseline weights, x4 only")
+def build_imdn_ntire(scale: int) -> nn.Module:
+    return IMDNBaseline(scale).eval()

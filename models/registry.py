@@ -7,7 +7,6 @@ and loads them strictly through `models.checkpoint.load_checkpoint`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch.nn as nn

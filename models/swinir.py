@@ -21,7 +21,6 @@ from functools import lru_cache
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from models.layers import MatMul
 from models.registry import register_model

@@ -23,12 +23,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.data.calib import calibration_batch  # noqa: E402
-from bench.data.dataset import load_dataset  # noqa: E402
-from bench.evaluate import evaluate  # noqa: E402
-from bench.quant.pipeline import CalibContext, quantize_with_method  # noqa: E402
-from methods import create_method  # noqa: E402
-from models import create_model  # noqa: E402
+from bench.data.calib import calibration_batch
+from bench.data.dataset import load_dataset
+from bench.evaluate import evaluate
+from bench.quant.pipeline import CalibContext, quantize_with_method
+from methods import create_method
+from models import create_model
 
 METHODS = ("minmax", "percentile", "emmse", "ptq4sr", "dobi", "2dquant")
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pac-iters", type=int, default=250)
     ap.add_argument("--dqc-iters", type=int, default=300)
     ap.add_argument("--dqc-batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP contention on a shared CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
 
@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         calib = calibration_batch(args.train_dir, scale, n=32, patch=64, seed=0)
         datasets = {name: load_dataset(name, scale, data_root=args.data_root) for name in args.datasets}
         for name, ds in datasets.items():
-            res = evaluate(fp, ds, scale, device, lpips=False)
-            rows.append(dict(model="imdn", scale=scale, method="FP32", params={}, dataset=name, psnr=res.psnr,
-                             ssim=res.ssim, seconds=None, device=device_name(device)))
+            res = evaluate(fp, ds, scale, device, lpips=False, progress=False)
+            rows.append({"model": "imdn", "scale": scale, "method": "FP32", "params": {}, "dataset": name,
+                         "psnr": res.psnr, "ssim": res.ssim, "seconds": None, "device": device_name(device)})
         for method_name in args.methods:
             method = create_method(method_name, **params[method_name])
             ctx = CalibContext(calib_batch=calib.to(device), train_dir=args.train_dir, device=device,
@@ -106,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"x{scale} {method_name}: calibrated in {seconds:.1f}s (total {time.time() - start:.1f}s)",
                   flush=True)
             for name, ds in datasets.items():
-                res = evaluate(qmodel, ds, scale, device, lpips=False)
-                row = dict(model="imdn", scale=scale, method=method_name, params=params[method_name],
-                           dataset=name, psnr=res.psnr, ssim=res.ssim, seconds=seconds, device=device_name(device))
+                res = evaluate(qmodel, ds, scale, device, lpips=False, progress=False)
+                row = {"model": "imdn", "scale": scale, "method": method_name, "params": params[method_name],
+                       "dataset": name, "psnr": res.psnr, "ssim": res.ssim, "seconds": seconds,
+                       "device": device_name(device)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 with log.open("a") as fh:

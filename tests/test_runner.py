@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from bench.cli import main
 from bench.errors import ConfigError
@@ -22,23 +23,36 @@ from bench.runner.plan import make_plan
 from bench.runner.records import read_records
 
 REPO = Path(__file__).resolve().parents[1]
+# `bench ...` in a fresh interpreter (the console script may not be on PATH in every test environment).
+BENCH = [sys.executable, "-c", "import sys; from bench.cli import main; sys.exit(main(sys.argv[1:]))"]
 
-# IMDN x2 (official weights) on crops of Set5 and Set14: 2 baselines + 2 methods x 2 bit-widths = 6 rows
-# per dataset, 12 cells, a few seconds each on 2 CPU cores.
+# IMDN x2 (official weights) on small crops of Set5 and Set14: 2 baselines + 2 fast methods x 2 bit-widths
+# = 6 rows per dataset, 12 cells of a fraction of a second each.
 TINY = """\
 name: tiny
 models:
   - {name: imdn, scales: [2], weights: "imdn/IMDN_x{scale}.pth"}
 datasets:
-  - {name: Set5, crop: 48, max_images: 3}
-  - {name: Set14, crop: 32, max_images: 2}
+  - {name: Set5, crop: 32, max_images: 3}
+  - {name: Set14, crop: 24, max_images: 2}
 bits: [4, 2]
-methods: [minmax, dobi]
+methods: [minmax, percentile]
 baselines: [fp, bicubic]
-calibration: {n: 4, patch: 32, seed: 0}
-latency: {runs: 1, lr_size: 32}
-cost: {lr_size: 32}
+calibration: {n: 2, patch: 24, seed: 0}
+latency: {runs: 1, lr_size: 16}
+cost: {lr_size: 16}
 """
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    # The cells here work on 24-32 pixel crops: one thread is as fast as two, and does not collapse when
+    # the machine's cores are shared with other processes (OpenMP threads then spin on each other).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the `bench` subprocesses
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -99,9 +113,9 @@ def test_shipped_matrices_are_valid():
 def test_only_filters(tiny_yaml):
     plan = make_plan(load_matrix(tiny_yaml), {}, None, None)
     assert len(plan.cells) == 12
-    picked = select_cells(plan.cells, parse_only(["method=dobi,fp", "dataset=Set5"]))
-    assert [c.key for c in picked] == ["imdn/x2/fp/FP/Set5[crop48,n3]", "imdn/x2/dobi/W4A4/Set5[crop48,n3]",
-                                       "imdn/x2/dobi/W2A2/Set5[crop48,n3]"]
+    picked = select_cells(plan.cells, parse_only(["method=percentile,fp", "dataset=Set5"]))
+    assert [c.key for c in picked] == ["imdn/x2/fp/FP/Set5[crop32,n3]", "imdn/x2/percentile/W4A4/Set5[crop32,n3]",
+                                       "imdn/x2/percentile/W2A2/Set5[crop32,n3]"]
     with pytest.raises(ConfigError, match="bad --only 'colour=red'"):
         parse_only(["colour=red"])
 
@@ -125,7 +139,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tiny_yaml, tmp_path, bench
                                                       train_root):
     args = _run_args(tiny_yaml, tmp_path / "killed", benchmark_root, weights_dir, train_root)
     records_file = tmp_path / "killed" / "records.jsonl"
-    process = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=tmp_path,
+    process = subprocess.Popen([*BENCH, *args], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
@@ -159,14 +173,96 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tiny_yaml, tmp_path, bench
         assert record["ssim"] == pytest.approx(expected[key]["ssim"], abs=1e-8), key
     # pandas reads the records directly
     frame = pd.read_json(records_file, lines=True)
-    assert len(frame) == 12 and set(frame["method"]) == {"fp", "bicubic", "minmax", "dobi"}
+    assert len(frame) == 12 and set(frame["method"]) == {"fp", "bicubic", "minmax", "percentile"}
 
     # A finished matrix: nothing is recomputed (the CLI's summary says so), and it is quick.
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=tmp_path, capture_output=True,
+    out = subprocess.run([*BENCH, *args], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     elapsed = time.perf_counter() - start
     assert out.returncode == 0, out.stderr
     assert "12 cells: 0 computed (0 errors), 12 already done; 0 calibrations run" in out.stdout
     assert len(read_records(records_file)) == 12
     print(f"\nno-op re-run of a finished 12-cell matrix: {elapsed:.2f} s (subprocess, including imports)")
+
+
+# ---------------------------------------------------------------------------------------- error cells
+
+EXPLODING_METHOD = '''
+from dataclasses import dataclass
+from methods import PTQMethod, register_method
+
+
+@register_method("explode-in-test")
+class Explode(PTQMethod):
+    """Fails on purpose: the runner must record the error and go on."""
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def calibrate(self, qmodel, ctx):
+        raise RuntimeError("calibration blew up\\non two lines")
+'''
+
+
+def test_failing_cell_is_recorded_and_matrix_goes_on(tmp_path, benchmark_root, weights_dir, train_root, capsys):
+    plugin = tmp_path / "explode.py"
+    plugin.write_text(EXPLODING_METHOD, encoding="utf-8")
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(TINY.replace("methods: [minmax, percentile]", "methods: [explode-in-test, minmax]")
+                      .replace("bits: [4, 2]", "bits: [4]").replace("baselines: [fp, bicubic]", "baselines: [fp]")
+                      .replace("  - {name: Set14, crop: 24, max_images: 2}\n", ""), encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["--plugin", str(plugin)] + _run_args(matrix, out, benchmark_root, weights_dir, train_root)
+    assert main(args) == 1  # some cells failed
+    records = _keyed(read_records(out / "records.jsonl"))
+    assert sorted(records) == ["imdn/x2/explode-in-test/W4A4/Set5[crop32,n3]", "imdn/x2/fp/FP/Set5[crop32,n3]",
+                               "imdn/x2/minmax/W4A4/Set5[crop32,n3]"]
+    failed = records["imdn/x2/explode-in-test/W4A4/Set5[crop32,n3]"]
+    assert failed["status"] == "error" and failed["psnr"] is None
+    assert failed["error"] == "RuntimeError: calibration blew up on two lines"
+    assert records["imdn/x2/minmax/W4A4/Set5[crop32,n3]"]["status"] == "ok"
+    # The error cell counts as done: a re-run does nothing unless asked to retry it.
+    assert main(args) == 0
+    assert "3 cells: 0 computed (0 errors), 3 already done" in capsys.readouterr().out
+    assert main(args + ["--retry-errors"]) == 1
+    assert "3 cells: 1 computed (1 errors), 2 already done" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ smoke matrix + reports
+
+def test_smoke_matrix_and_reports(tmp_path, benchmark_root, weights_dir, train_root, capsys):
+    out = tmp_path / "results" / "smoke"
+    stats = run_matrix(load_matrix("smoke"), RunOptions(out=out, data_root=benchmark_root, weights_dir=weights_dir,
+                                                        train_root=train_root, progress=False))
+    assert (stats.total, stats.computed, stats.errors, stats.calibrations) == (4, 4, 0, 2)
+    records = _keyed(read_records(out / "records.jsonl"))
+    fp, bicubic = records["imdn/x2/fp/FP/Set5[crop64]"], records["imdn/x2/bicubic/-/Set5[crop64]"]
+    minmax, dobi = records["imdn/x2/minmax/W4A4/Set5[crop64]"], records["imdn/x2/dobi/W4A4/Set5[crop64]"]
+    assert (round(fp["psnr"], 2), round(bicubic["psnr"], 2)) == (40.19, 35.24)
+    assert (fp["images"], fp["expected_images"], fp["is_subset"]) == (5, 5, True)  # crops: a labelled subset
+    # Quantized PSNRs move in the second decimal with the number of threads (rounding of accumulations).
+    assert minmax["psnr"] == pytest.approx(27.80, abs=0.05) and dobi["psnr"] == pytest.approx(36.13, abs=0.05)
+    assert (dobi["params"], dobi["quantized_weights"], dobi["quant_scope"]) == (694_404, 692_160, "ptq4sr")
+    assert f"{dobi['compression']:.3f}" == "7.729" and dobi["ops_rule"] == "counted"
+    assert dobi["latency_kind"] == "fake-quant" and dobi["latency_ms"] > 0 and fp["latency_fp_ms"] > 0
+
+    results_dir = str(tmp_path / "results")
+    assert main(["results", "--results-dir", results_dir]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[2].split()[:5] == ["smoke", "4", "4", "0", "imdn"]
+
+    assert main(["table", "--run", "smoke", "--results-dir", results_dir]) == 0
+    table = capsys.readouterr().out
+    assert "| DOBI     | 4      | **36.13**" in table and "Set5 (crop 64) PSNR" in table
+
+    # Visual strip recomputed from the cached bounds (the smoke matrix saves no images).
+    assert main(["visual", "--run", "smoke", "--results-dir", results_dir, "--image", "bird", "--crop", "20,20,64,64",
+                 "--data-root", str(benchmark_root)]) == 0
+    strip = Path(capsys.readouterr().out.split()[0])
+    assert strip.suffix == ".png" and strip.read_bytes().startswith(b"\x89PNG") and strip.stat().st_size > 10_000
+    with pytest.raises(ConfigError, match="no image 'nosuch' in the dataset; its images are: baby, bird"):
+        from bench.runner.visual import Crop, build_panels
+        from bench.runner.rundir import find_run
+        build_panels(find_run("smoke", results_dir), "nosuch", Crop(0, 0, 8, 8), data_root=benchmark_root)

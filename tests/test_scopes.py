@@ -31,7 +31,7 @@ def imdn():
 
 @pytest.fixture(scope="module")
 def tiny_batch():
-    return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    return torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # one 8x8 window per image
 
 
 # --------------------------------------------------------------------------------------------- 2dquant

@@ -3,12 +3,38 @@ broadcasting included), presets, the shared bound trainer (loss decreases on a f
 change), and end-to-end runs on SwinIR-light (random weights) and IMDN x2."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
+from bench.quant.pipeline import CalibContext, quantize_with_method
+from bench.quant.surgery import (
+    QuantConfig,
+    bound_parameters,
+    quantize_model,
+    quantizers,
+)
+from methods.dobi import DOBI
+from methods.finetune import (
+    BoundTrainer,
+    FeatureTap,
+    OptimConfig,
+    feature_modules,
+    psnr,
+)
+from methods.minmax import MinMax
 from methods.twodquant import PRESETS, TwoDQuant, dqc_loss_code, dqc_loss_paper
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These tests run many tiny ops: one thread avoids OpenMP contention on the shared 2-core CI machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 # B = 2 images of 1 x 1 x 2 and features of B = 2, L = 1 token, C = 2 channels with easy norms:
 #   F_q = [[3, 4]], [[1, 0]]  (norms 5, 1);   F_fp = [[4, 3]], [[0, 2]]  (norms 5, 2).
@@ -64,3 +90,126 @@ def test_presets_and_overrides():
     assert set(PRESETS) == {"paper", "code"}
     record = TwoDQuant(preset="code", iters=7).describe()
     assert record["name"] == "2dquant" and record["settings"]["iters"] == 7
+
+
+# ------------------------------------------------------------------------------------- fine-tuning
+
+@pytest.fixture(scope="module")
+def swinir_random():
+    from models import create_model
+    torch.manual_seed(0)
+    return create_model("swinir-light", 2, weights="random")
+
+
+@pytest.fixture(scope="module")
+def imdn_x2(weights_dir):
+    from models import create_model
+    return create_model("imdn", 2, weights=weights_dir / "imdn" / "IMDN_x2.pth")
+
+
+def _is_bound(name: str) -> bool:
+    return name.endswith(("lower", "upper"))
+
+
+def test_bound_trainer_fixed_batch_loss_decreases_and_only_bounds_change(swinir_random):
+    fp = swinir_random
+    batch = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    # 2-bit MinMax initialisation (the paper's "DQC only" ablation start): the loss has room to fall.
+    qmodel = quantize_model(fp, QuantConfig(2, 2, scope="2dquant"))
+    MinMax().calibrate(qmodel, CalibContext(calib_batch=batch))
+    before = {k: v.clone() for k, v in qmodel.state_dict().items()}
+    bounds = bound_parameters(qmodel)
+    assert len(bounds) == 768
+    trainer = BoundTrainer(qmodel, fp, bounds, dqc_loss_paper, OptimConfig(lr=1e-2, iters=5, schedule="constant"),
+                           progress=False)
+    result = trainer.run(lambda: batch)  # the same batch every step
+    losses = result.losses
+    assert len(losses) == 5
+    assert all(later < earlier for earlier, later in itertools.pairwise(losses)), losses
+    assert losses[-1] < 0.8 * losses[0]
+    changed = 0
+    for key, value in qmodel.state_dict().items():
+        if _is_bound(key):
+            changed += not torch.equal(value, before[key])
+        else:  # weights, biases, LayerNorms, rel-pos tables: bit-identical
+            assert torch.equal(value, before[key]), key
+    assert changed > 700
+    # requires_grad restored: bounds trainable, everything else frozen (as quantize_model left them).
+    assert all(p.requires_grad == _is_bound(n) for n, p in qmodel.named_parameters())
+    assert not fp.training and not qmodel.training
+
+
+def test_feature_tap_collects_rstb_outputs(swinir_random):
+    x = torch.rand(1, 3, 16, 16)
+    with FeatureTap(feature_modules(swinir_random)) as tap, torch.no_grad():
+        swinir_random(x)
+        feats = tap.take()
+    assert [tuple(f.shape) for f in feats] == [(1, 256, 60)] * 4  # 4 RSTB groups, (B, H*W, C)
+    assert tap.take() == []
+
+
+def _check_quantized(qmodel, fp, batch):
+    with torch.no_grad():
+        out, ref = qmodel(batch), fp(batch)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    for name, q in quantizers(qmodel):
+        assert q.calibrated and torch.isfinite(q.lower).all() and torch.isfinite(q.upper).all(), name
+        assert (q.lower < q.upper).all(), name
+
+
+@pytest.mark.parametrize("bits", [4, 3, 2])
+def test_2dquant_end_to_end_swinir(swinir_random, bits):
+    batch = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(bits))
+    dobi = quantize_model(swinir_random, QuantConfig(bits, bits, scope="2dquant"))
+    DOBI(K=10).calibrate(dobi, CalibContext(calib_batch=batch))
+    method = TwoDQuant(iters=2, batch=2, patch=16, K=10)
+    qmodel, _ = quantize_with_method(swinir_random, method, bits, bits,
+                                           CalibContext(calib_batch=batch, progress=False))
+    _check_quantized(qmodel, swinir_random, batch)
+    assert len(method.history.losses) == 2 and all(math.isfinite(v) for v in method.history.losses)
+    # DQC started from the DOBI bounds and moved all 768 of them.
+    start = dict(bound_state(dobi))
+    moved = sum(not torch.equal(v, start[k]) for k, v in bound_state(qmodel))
+    assert moved == 768
+    assert qmodel.quant_method["settings"]["dobi_variant"] == "paper"
+
+
+def bound_state(qmodel):
+    return [(k, v) for k, v in qmodel.state_dict().items() if _is_bound(k)]
+
+
+def test_2dquant_code_preset_and_val_selection_keep_best_bounds(swinir_random):
+    batch = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    val = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    method = TwoDQuant(preset="code", iters=3, batch=2, patch=16, K=10, select="val", val_every=1)
+    ctx = CalibContext(calib_batch=batch, val_batch=val, progress=False)
+    qmodel, _ = quantize_with_method(swinir_random, method, 2, 2, ctx)
+    history = method.history
+    assert [it for it, _ in history.val_psnr] == [1, 2, 3]
+    best_it, best = max(history.val_psnr, key=lambda item: (item[1], -item[0]))
+    assert history.best_iter == best_it
+    with torch.no_grad():
+        kept = psnr(qmodel(val), swinir_random(val))
+    assert kept == pytest.approx(best, abs=1e-9)
+    assert method.describe()["settings"]["loss"] == "code"
+
+
+def test_2dquant_select_val_without_val_batch_is_a_config_error(swinir_random):
+    from bench.errors import ConfigError
+    batch = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ConfigError, match="val_batch"):
+        quantize_with_method(swinir_random, TwoDQuant(iters=1, batch=1, patch=8, K=2, select="val"), 4, 4,
+                             CalibContext(calib_batch=batch, progress=False))
+
+
+@pytest.mark.parametrize("bits", [4, 3, 2])
+def test_2dquant_end_to_end_imdn_x2(imdn_x2, train_root, bits):
+    batch = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(bits))
+    # Patches from the training images; select=val without a val_batch uses their held-out "val" split.
+    method = TwoDQuant(iters=2, batch=2, patch=16, K=10, select="val", val_every=1, val_n=2)
+    ctx = CalibContext(calib_batch=batch, train_dir=train_root, progress=False)
+    qmodel, _ = quantize_with_method(imdn_x2, method, bits, bits, ctx)
+    _check_quantized(qmodel, imdn_x2, batch)
+    assert len(method.history.losses) == 2 and all(math.isfinite(v) for v in method.history.losses)
+    assert [it for it, _ in method.history.val_psnr] == [1, 2]
+    assert all(math.isfinite(v) and v > 10 for _, v in method.history.val_psnr)

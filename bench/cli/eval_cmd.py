@@ -107,6 +107,14 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def model_label(model: str, quant: dict | None) -> str:
+    if quant is None:
+        return model
+    if "method" in quant:
+        return f"{model} ({quant['method'].get('name', '?')} W{quant['w_bits']}A{quant['a_bits']})"
+    return f"{model} (quantized: {quant['quantized']})"
+
+
 def print_tables(result, model_label: str) -> None:
     rows = [[r.name, _fmt(r.psnr, 2), _fmt(r.ssim, 4), _fmt(r.lpips, 4)] for r in result.per_image]
     rows.append(["mean", _fmt(result.psnr, 2), _fmt(result.ssim, 4), _fmt(result.lpips, 4)])
@@ -149,5 +157,5 @@ def run(args: argparse.Namespace) -> int:
             record["quantization"] = quant
         print(json.dumps(record, default=str))
     else:
-        print_tables(result, args.model if quant is None else f"{args.model} (quantized)")
+        print_tables(result, model_label(args.model, quant))
     return 0

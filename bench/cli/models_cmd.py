@@ -54,6 +54,7 @@ def model_rows(cache: str | None = None) -> list[list[str]]:
 
 def run_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
+
     from models.fetch import SHIPPED_DIR, weights_cache_dir
     print(tabulate(model_rows(args.cache), headers=["model", "scale", "params", "weights", "official file",
                                                      "description"], maxcolwidths=[None] * 5 + [50]))

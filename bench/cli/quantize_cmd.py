@@ -52,12 +52,13 @@ def _method(name: str, items: list[str]):
 
 def run(args: argparse.Namespace) -> int:
     from bench.data.calib import calibration_batch
-    from bench.quant import CalibContext, quantize_with_method, quantizers, save_quantized
+    from bench.quant import CalibContext, QuantConfig, quantize_with_method, quantizers, save_quantized
     from models import create_model
 
     method = _method(args.method, args.method_param)
     w_bits = args.w_bits if args.w_bits is not None else args.bits
     a_bits = args.a_bits if args.a_bits is not None else args.bits
+    QuantConfig(w_bits, a_bits, args.scope)  # bad bit-widths fail before any work
     if args.calib is None:
         raise ConfigError("bench quantize needs --calib DIR: a folder of HR training images for calibration patches")
     fp_model = create_model(args.model, args.scale, weights=args.weights, device=args.device)

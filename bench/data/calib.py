@@ -23,15 +23,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from bench.data.paths import cache_dir
 from bench.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 HOLDOUT_EVERY = 10
 SPLITS = ("calib", "val")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "sr-ptq-bench"))
 
 
 # ------------------------------------------------------------------------------------------- listing

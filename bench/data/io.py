@@ -27,14 +27,17 @@ def read_rgb(path: str | Path, fix: str = "re-download or regenerate it") -> np.
     return np.asarray(rgb)
 
 
-def image_size(path: str | Path, fix: str = "re-download or regenerate it") -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
+def image_size(path: str | Path, fix: str = "re-download or regenerate it", verify: bool = True) -> tuple[int, int]:
+    """(height, width) from the file header. With `verify`, PIL also walks the file's chunks and checksums
+    (no pixel decoding), so a truncated file is reported before any model runs."""
     from PIL import Image
     try:
         with Image.open(path) as img:
             width, height = img.size
+            if verify:
+                img.verify()
     except Exception as exc:
-        raise DataError(f"image {path} cannot be read ({type(exc).__name__}); {fix}") from exc
+        raise DataError(f"image {path} is truncated or corrupt ({type(exc).__name__}: {exc}); {fix}") from exc
     return height, width
 
 

@@ -1,0 +1,154 @@
+"""Test-set loading (BasicSR layout), LR generation and caching, the sample set, and bad inputs."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.cli import main
+from bench.data.dataset import load_dataset
+from bench.data.imresize import imresize
+from bench.data.lr import modcrop
+from bench.errors import DataError
+
+
+def _copy_set(src_root: Path, dst_root: Path, name: str = "Set5", scales=(2,)) -> Path:
+    """A writable copy of a set (HR + some LR scales) under dst_root."""
+    shutil.copytree(src_root / name / "HR", dst_root / name / "HR")
+    for s in scales:
+        shutil.copytree(src_root / name / "LR_bicubic" / f"X{s}", dst_root / name / "LR_bicubic" / f"X{s}")
+    return dst_root / name
+
+
+# ------------------------------------------------------------------------------------------ real sets
+
+def test_set5_pairs_are_modcropped(benchmark_root):
+    ds = load_dataset("Set5", 3, data_root=benchmark_root)
+    assert len(ds) == 5 and ds.expected_count == 5 and not ds.is_subset and not ds.lr_generated
+    shapes = {p.name: (p.hr.shape, p.lr.shape) for p in ds}
+    # woman.png is 228x344: modcrop to x3 keeps 228x342 (LR 76x114).
+    assert shapes["woman"] == ((342, 228, 3), (114, 76, 3))
+    assert shapes["baby"] == ((510, 510, 3), (170, 170, 3))
+
+
+def test_greyscale_bridge_becomes_rgb(benchmark_root):
+    ds = load_dataset("Set14", 4, data_root=benchmark_root)
+    assert len(ds) == 14
+    bridge = ds[[e.name for e in ds.entries].index("bridge")]
+    assert bridge.hr.shape == (512, 512, 3) and bridge.lr.shape == (128, 128, 3)
+    assert np.array_equal(bridge.hr[..., 0], bridge.hr[..., 2])
+
+
+def test_subset_gets_lr_generated_into_the_cache(benchmark_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    before = sorted(p.name for p in (benchmark_root / "Urban100").iterdir())
+    ds = load_dataset("Urban100", 4, data_root=benchmark_root)
+    assert (len(ds), ds.expected_count, ds.is_subset, ds.label) == (10, 100, True, "Urban100 (10/100)")
+    assert ds.lr_generated and ds.lr_dir == tmp_path / "cache" / "lr" / "Urban100" / "X4"
+    # The shared folder (r-x) is left untouched.
+    assert sorted(p.name for p in (benchmark_root / "Urban100").iterdir()) == before
+    pair = ds[0]
+    hr_full = np.asarray(Image.open(benchmark_root / "Urban100" / "HR" / f"{pair.name}.png").convert("RGB"))
+    assert np.array_equal(pair.lr, imresize(modcrop(hr_full, 4), 0.25))
+
+
+def test_lr_is_generated_into_a_writable_dataset_folder(benchmark_root, tmp_path):
+    set_dir = _copy_set(benchmark_root, tmp_path, "Set5", scales=())
+    ds = load_dataset("Set5", 2, data_root=tmp_path)
+    assert ds.lr_generated and ds.lr_dir == set_dir / "LR_bicubic" / "X2"
+    assert sorted(p.name for p in ds.lr_dir.glob("*.png")) == [f"{n}x2.png" for n in
+                                                               ("baby", "bird", "butterfly", "head", "woman")]
+    # Generated with the MATLAB-exact bicubic: identical to the official Set5 LR.
+    official = np.asarray(Image.open(benchmark_root / "Set5" / "LR_bicubic" / "X2" / "birdx2.png").convert("RGB"))
+    assert np.array_equal(ds[1].lr, official)
+
+
+def test_sample_set_is_materialised_offline(tmp_path):
+    ds = load_dataset("sample", 3, data_root=tmp_path)
+    assert [p.name for p in ds] == ["astronaut", "camera", "chelsea", "coffee", "rocket"]
+    assert ds.root == tmp_path / "sample" and not ds.is_subset and ds.expected_count == 5
+    pair = ds[1]
+    assert pair.hr.shape == (240, 240, 3) and pair.lr.shape == (80, 80, 3)
+    assert np.array_equal(pair.lr, imresize(pair.hr, 1 / 3))
+    again = load_dataset("sample", 2, data_root=tmp_path)  # HR reused, new scale generated
+    assert again[0].lr.shape == (120, 120, 3)
+
+
+def test_data_check_lists_complete_and_subset_sets(benchmark_root, capsys):
+    assert main(["data", "check", "--data-root", str(benchmark_root)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line and line.split()[0] in
+            ("Set5", "Set14", "B100", "Urban100", "Manga109")}
+    assert "complete" in rows["Set5"] and "5/5" in rows["Set5"] and "x2, x3, x4" in rows["Set5"]
+    assert "complete" in rows["B100"] and "100/100" in rows["B100"]
+    assert "subset (10 of 100)" in rows["Urban100"] and "subset (10 of 109)" in rows["Manga109"]
+
+
+def test_make_lr_command_writes_official_lr(benchmark_root, tmp_path, capsys):
+    out_dir = tmp_path / "X4"
+    assert main(["data", "make-lr", "--hr", str(benchmark_root / "Set5" / "HR"), "--scale", "4",
+                 "--out", str(out_dir)]) == 0
+    assert "wrote 5 LR images" in capsys.readouterr().out
+    for name in ("baby", "bird", "butterfly", "head", "woman"):
+        ours = np.asarray(Image.open(out_dir / f"{name}x4.png"))
+        official = np.asarray(Image.open(benchmark_root / "Set5" / "LR_bicubic" / "X4" / f"{name}x4.png"))
+        assert np.array_equal(ours, official)
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+
+def test_truncated_png_names_the_file(benchmark_root, tmp_path):
+    set_dir = _copy_set(benchmark_root, tmp_path)
+    bird = set_dir / "HR" / "bird.png"
+    bird.write_bytes(bird.read_bytes()[:3000])
+    with pytest.raises(DataError) as err:  # found when the set is loaded (checksums), before any model runs
+        load_dataset("Set5", 2, data_root=tmp_path)
+    message = str(err.value)
+    assert str(bird) in message and "truncated or corrupt" in message and "re-download" in message
+    assert "\n" not in message
+    lazy = load_dataset("Set5", 2, data_root=tmp_path, check_sizes_now=False)
+    with pytest.raises(DataError, match="truncated or corrupt"):  # and again when decoded
+        lazy[1]
+
+
+def test_hr_lr_size_mismatch_names_both_files(benchmark_root, tmp_path):
+    set_dir = _copy_set(benchmark_root, tmp_path)
+    lr = set_dir / "LR_bicubic" / "X2" / "headx2.png"
+    Image.open(lr).crop((0, 0, 100, 140)).save(lr)  # head HR is 280x280 -> its x2 LR is 140x140
+    with pytest.raises(DataError) as err:
+        load_dataset("Set5", 2, data_root=tmp_path)
+    message = str(err.value)
+    assert str(lr) in message and str(set_dir / "HR" / "head.png") in message and "re-download" in message
+
+
+def test_missing_lr_folder_without_generation(benchmark_root, tmp_path):
+    _copy_set(benchmark_root, tmp_path, scales=(2,))
+    with pytest.raises(DataError) as err:
+        load_dataset("Set5", 4, data_root=tmp_path, generate_lr=False)
+    message = str(err.value)
+    assert str(tmp_path / "Set5" / "LR_bicubic" / "X4") in message and "bench data make-lr" in message
+
+
+def test_missing_lr_file_in_an_official_folder(benchmark_root, tmp_path):
+    set_dir = _copy_set(benchmark_root, tmp_path)
+    (set_dir / "LR_bicubic" / "X2" / "babyx2.png").unlink()
+    with pytest.raises(DataError, match="babyx2.png is missing"):
+        load_dataset("Set5", 2, data_root=tmp_path)
+
+
+def test_unknown_and_absent_datasets(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_dataset("Set6", 2, data_root=tmp_path)
+    assert "unknown dataset 'Set6'" in str(err.value) and "Set5, Set14, B100" in str(err.value)
+    with pytest.raises(DataError) as err:
+        load_dataset("B100", 2, data_root=tmp_path)
+    assert str(tmp_path / "B100" / "HR") in str(err.value) and "--data-root" in str(err.value)
+
+
+def test_a_users_own_folder_is_a_dataset(benchmark_root, tmp_path):
+    shutil.copytree(benchmark_root / "Set5" / "HR", tmp_path / "Mine" / "HR")
+    ds = load_dataset("Mine", 4, data_root=tmp_path)
+    assert len(ds) == 5 and ds.expected_count is None and not ds.is_subset
