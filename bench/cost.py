@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from models.layers import MatMul
 
@@ -103,7 +103,7 @@ def count_layer_macs(model: nn.Module, lr_size: tuple[int, int] = (128, 128)) ->
     import copy
     try:
         return _count_with_hooks(copy.deepcopy(model).to("meta"), lr_size, torch.device("meta"))
-    except Exception:  # data-dependent code (e.g. .item()) cannot run on meta tensors
+    except Exception:  # noqa: BLE001 - any failure of data-dependent code (e.g. .item()) on meta tensors
         param = next(model.parameters(), None)
         return _count_with_hooks(model, lr_size, param.device if param is not None else torch.device("cpu"))
 
@@ -160,7 +160,9 @@ def _quantizer_bits(quantizer: nn.Module) -> int:
 
 def attach_quantization(layers: list[LayerCount], qmodel: nn.Module) -> list[LayerCount]:
     """Copy of `layers` with the operand bit-widths of the quantizers that `qmodel` placed in each layer."""
-    from bench.quant import quantizers  # the quant core is only needed when something is quantized
+    from bench.quant import (
+        quantizers,  # the quant core is only needed when something is quantized
+    )
 
     names = [layer.name for layer in layers]
     weight_bits: dict[str, int] = {}
@@ -223,14 +225,14 @@ class MacBreakdown:
                 "total": self.total}
 
     @classmethod
-    def of_layers(cls, layers: list[LayerCount], factor: str | None = None) -> "MacBreakdown":
+    def of_layers(cls, layers: list[LayerCount], factor: str | None = None) -> MacBreakdown:
         sums = dict.fromkeys(CATEGORIES, 0.0)
         for layer in layers:
             sums[layer.category] += layer.macs * (getattr(layer, factor) if factor else 1.0)
         return cls(**sums)
 
     @classmethod
-    def from_mapping(cls, values: dict) -> "MacBreakdown":
+    def from_mapping(cls, values: dict) -> MacBreakdown:
         unknown = set(values) - set(CATEGORIES) - {"total"}
         if unknown:
             raise ValueError(f"paper MAC breakdown has unknown categories {sorted(unknown)}; use {CATEGORIES}")

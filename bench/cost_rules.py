@@ -11,10 +11,11 @@ or equals its class name in lower case.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-import torch.nn as nn
+from torch import nn
 
 if TYPE_CHECKING:
     from bench.cost import LayerCount
@@ -50,7 +51,7 @@ def find_cost_rule(model: nn.Module, model_name: str) -> CostRule | None:
 
 
 @register_cost_rule("swinir")
-def swinir_flops_rule(*, model: nn.Module, layers: list["LayerCount"], lr_size: tuple[int, int],
+def swinir_flops_rule(*, model: nn.Module, layers: list[LayerCount], lr_size: tuple[int, int],
                       scale: int) -> dict:
     """SwinIR's analytic flops() (pixelshuffledirect upsampler), as used for the 2DQuant paper's 16.74 G.
 

@@ -90,7 +90,7 @@ def _tile_starts(length: int, size: int, stride: int) -> list[int]:
 
 
 def forward_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: TileConfig) -> torch.Tensor:
-    """Overlapping tiles (SwinIR's test_mode tiling): outputs summed and divided by their coverage."""
+    """Overlapping tiles: outputs summed and divided by how many tiles cover each pixel."""
     b, c, h, w = x.shape
     size_h, size_w = min(tile.size, h), min(tile.size, w)
     stride = max(1, tile.size - tile.overlap)

@@ -274,6 +274,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opt
 # ---------------------------------------------------------------------------------------- checkpoints
 
 def is_derived_key(key: str) -> bool:
+    # Models in this project register them non-persistent; the check also covers third-party models.
     return key.endswith(DERIVED_BUFFER_SUFFIXES)
 
 
@@ -305,15 +306,19 @@ def read_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; pass a file written by `bench train` (e.g. <out>/last.pt)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint never needs arbitrary pickled objects, and must not run code.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
         raise CheckpointError(f"cannot read checkpoint {path} ({type(exc).__name__}); it is corrupt or not a torch file") from exc
     return ckpt
 
 
 def rng_states(batcher: PatchBatcher) -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-              "batcher": batcher.state()}
+    # Plain containers and tensors only, so that checkpoints load with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(),
+              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+              "python": random.getstate(), "batcher": batcher.state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -321,7 +326,8 @@ def rng_states(batcher: PatchBatcher) -> dict:
 
 def restore_rng_states(states: dict, batcher: PatchBatcher) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(states["python"])
     batcher.set_state(states["batcher"])
     if "cuda" in states and torch.cuda.is_available():

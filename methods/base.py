@@ -25,12 +25,13 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from bench.errors import ConfigError
 from bench.quant.calibrate import capture_activations
 from bench.quant.pipeline import CalibContext
 from bench.quant.quantizer import FakeQuantizer
-from bench.quant.surgery import weight_quantizers
+from bench.quant.surgery import quantizers, weight_quantizers
 
 _UnionType = types.UnionType  # `int | None` (typing.Union covers Optional[int])
 Bound = float | torch.Tensor
@@ -232,24 +233,37 @@ def _weight_bounds(weight: torch.Tensor, q: FakeQuantizer, rule: RangeRule) -> t
     return lower, upper
 
 
-def set_weight_bounds(qmodel: nn.Module, rule: RangeRule) -> None:
+def _no_progress() -> None:
+    return None
+
+
+def set_weight_bounds(qmodel: nn.Module, rule: RangeRule, on_done: Callable[[], None] = _no_progress) -> None:
     """Apply `rule` to the FP weight of every weight quantizer (per output channel when per-channel)."""
     for name, q, weight in weight_quantizers(qmodel):
         with torch.no_grad():
             _apply(name, q, _weight_bounds(weight.detach(), q, rule))
+        on_done()
 
 
-def set_activation_bounds(qmodel: nn.Module, batch: torch.Tensor, rule: RangeRule) -> None:
+def set_activation_bounds(qmodel: nn.Module, batch: torch.Tensor, rule: RangeRule,
+                          on_done: Callable[[], None] = _no_progress) -> None:
     """Apply `rule` to each activation quantizer's input captured on `batch` (one FP forward, spec §3.1)."""
-    capture_activations(qmodel, batch, lambda name, q, x: _apply(name, q, rule(x, q)))
+    def observe(name: str, q: FakeQuantizer, x: torch.Tensor) -> None:
+        _apply(name, q, rule(x, q))
+        on_done()
+
+    capture_activations(qmodel, batch, observe)
 
 
 def set_bounds_from_rule(qmodel: nn.Module, ctx: CalibContext, rule: RangeRule,
-                         weight_rule: RangeRule | None = None) -> None:
+                         weight_rule: RangeRule | None = None, *, desc: str = "range rule") -> None:
     """Every quantizer's bounds from a per-tensor rule: weights from their tensor (`weight_rule`, default
-    `rule`), activations from their input on `ctx.calib_batch`."""
-    set_weight_bounds(qmodel, weight_rule or rule)
-    set_activation_bounds(qmodel, ctx.require_batch(), rule)
+    `rule`), activations from their input on `ctx.calib_batch`. A progress bar when `ctx.progress`."""
+    batch = ctx.require_batch()
+    with tqdm(total=len(quantizers(qmodel)), desc=desc, unit="quantizer", disable=not ctx.progress,
+              leave=False) as bar:
+        set_weight_bounds(qmodel, weight_rule or rule, lambda: bar.update(1))
+        set_activation_bounds(qmodel, batch, rule, lambda: bar.update(1))
 
 
 class RangeRuleMethod(PTQMethod):
@@ -263,4 +277,4 @@ class RangeRuleMethod(PTQMethod):
         return self.range(w, quantizer)
 
     def calibrate(self, qmodel: nn.Module, ctx: CalibContext) -> None:
-        set_bounds_from_rule(qmodel, ctx, self.range, self.weight_range)
+        set_bounds_from_rule(qmodel, ctx, self.range, self.weight_range, desc=self.name or type(self).__name__)

@@ -77,7 +77,7 @@ def grid_sq_errors(x: torch.Tensor, grid: Grid, bits: int, work: int = _WORK_ELE
             q = torch.minimum(torch.maximum(xe, lo), hi)       # clip
             q.sub_(lo).div_(step).round_().mul_(step).add_(lo)  # step * round((v_c - l) / step) + l
             q.sub_(xe)
-            sums[c0:c0 + cand_chunk] += q.square_().sum(dim=1, dtype=torch.float64)
+            sums[c0:c0 + cand_chunk] += q.double().square_().sum(dim=1)  # exact squares
     return sums
 
 

@@ -1,13 +1,19 @@
 """Cost model (spec §6): exact parameter/MAC counts, the paper's compression and speed-up numbers."""
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
 import pytest
+import torch
+from torch import nn
 
 from bench.cli import main
-from bench.cost import (EXCLUDED_PARAMETER_PATTERNS, analyze, compression_ratio, count_layer_macs,
-                        count_parameters, model_cost)
+from bench.cost import (
+    EXCLUDED_PARAMETER_PATTERNS,
+    analyze,
+    compression_ratio,
+    count_layer_macs,
+    count_parameters,
+    model_cost,
+)
 from bench.quant import ACT, WEIGHT, FakeQuantizer
 from models.layers import MatMul
 

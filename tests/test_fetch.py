@@ -108,7 +108,7 @@ def test_cli_fetch_then_create_model_uses_the_cache(server, weights_dir, tmp_pat
     assert main(["models", "list"]) == 0
     rows = {tuple(line.split()[:4]) for line in capsys.readouterr().out.splitlines()}
     assert ("imdn", "x2", "694,404", "cached") in rows and ("imdn", "x3", "703,059", "missing") in rows
-    assert ("swinir-light", "x4", "929,628", "missing") in rows
+    assert ("swinir-light", "x4", "929,628", "shipped") in rows
 
 
 def test_cli_fetch_errors_are_one_line(tmp_path, monkeypatch, capsys):

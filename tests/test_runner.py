@@ -1,12 +1,10 @@
 """Matrix runner: YAML validation, resume after SIGKILL, no repeated work, error cells, smoke matrix."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -15,12 +13,12 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.errors import ConfigError
+from bench.errors import BenchError, ConfigError
 from bench.runner.cells import parse_only, select_cells
 from bench.runner.execute import RunOptions, run_matrix
 from bench.runner.matrix import load_matrix
 from bench.runner.plan import make_plan
-from bench.runner.records import read_records
+from bench.runner.records import CellRecord, RecordStore, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 # `bench ...` in a fresh interpreter (the console script may not be on PATH in every test environment).
@@ -65,6 +63,19 @@ def tiny_yaml(tmp_path):
 def _run_args(matrix: Path, out: Path, benchmark_root: Path, weights_dir: Path, train_root: Path) -> list[str]:
     return ["run", "--matrix", str(matrix), "--out", str(out), "--data-root", str(benchmark_root),
             "--weights-dir", str(weights_dir), "--calib", str(train_root), "--no-progress"]
+
+
+# -------------------------------------------------------------------------------------------- records
+
+def test_append_after_a_torn_line_repairs_the_file(tmp_path):
+    store = RecordStore(tmp_path)
+    (tmp_path / "records.jsonl").write_text('{"key": "a", "psnr": 30.0}\n{"key": "b", "ps', encoding="utf-8")
+    assert [r["key"] for r in store.read()] == ["a"]  # the torn tail (kill -9 mid-write) is ignored
+    record = CellRecord(key="c", fingerprint="f", run="r", model="m", scale=2, method="fp", label="fp",
+                        method_params={}, w_bits=32, a_bits=32, dataset="Set5", dataset_label="Set5", psnr=31.5)
+    store.append(record)
+    assert (tmp_path / "records.jsonl").read_text(encoding="utf-8").count("\n") == 2
+    assert [(r["key"], r["psnr"]) for r in store.read()] == [("a", 30.0), ("c", 31.5)]
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -120,13 +131,21 @@ def test_only_filters(tiny_yaml):
         parse_only(["colour=red"])
 
 
-def test_missing_weights_named_with_fix(tiny_yaml, tmp_path, benchmark_root, train_root):
-    with pytest.raises(Exception) as info:
-        run_matrix(load_matrix(tiny_yaml), RunOptions(out=tmp_path / "r", data_root=benchmark_root,
-                                                      weights_dir=tmp_path / "empty", train_root=train_root,
-                                                      progress=False))
+@pytest.mark.parametrize("weights, message", [
+    ('"imdn/IMDN_x{scale}.pth"', "empty/imdn/IMDN_x2.pth"),
+    ("official", "the official imdn x2 checkpoint IMDN_x2.pth is missing: run `bench models fetch imdn --scale 2`, "
+                 "or put IMDN_x2.pth under --weights-dir DIR"),
+])
+def test_missing_weights_named_with_fix(tmp_path, benchmark_root, train_root, weights, message):
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(TINY.replace('"imdn/IMDN_x{scale}.pth"', weights), encoding="utf-8")
+    with pytest.raises(BenchError) as info:
+        run_matrix(load_matrix(matrix), RunOptions(out=tmp_path / "r", data_root=benchmark_root,
+                                                   weights_dir=tmp_path / "empty", train_root=train_root,
+                                                   progress=False))
     text = str(info.value)
-    assert "IMDN_x2.pth" in text and "\n" not in text
+    assert text.startswith("matrix m.yaml: ") and message in text and "\n" not in text
+    assert not (tmp_path / "r" / "records.jsonl").exists()  # stopped before any work
 
 
 # ------------------------------------------------------------------------------------ resume after kill
@@ -177,7 +196,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tiny_yaml, tmp_path, bench
 
     # A finished matrix: nothing is recomputed (the CLI's summary says so), and it is quick.
     start = time.perf_counter()
-    out = subprocess.run([*BENCH, *args], cwd=tmp_path, capture_output=True,
+    out = subprocess.run([*BENCH, *args], check=False, cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     elapsed = time.perf_counter() - start
     assert out.returncode == 0, out.stderr
@@ -248,6 +267,13 @@ def test_smoke_matrix_and_reports(tmp_path, benchmark_root, weights_dir, train_r
     assert f"{dobi['compression']:.3f}" == "7.729" and dobi["ops_rule"] == "counted"
     assert dobi["latency_kind"] == "fake-quant" and dobi["latency_ms"] > 0 and fp["latency_fp_ms"] > 0
 
+    # --force recomputes the selected cells, calibration included; the newest record supersedes the old one.
+    forced = run_matrix(load_matrix("smoke"), RunOptions(
+        out=out, data_root=benchmark_root, weights_dir=weights_dir, train_root=train_root, progress=False,
+        force=True, only=parse_only(["method=minmax"])))
+    assert (forced.total, forced.computed, forced.calibrations, forced.calibrations_loaded) == (1, 1, 1, 0)
+    assert len(read_records(out / "records.jsonl")) == 5 and len(make_plan(load_matrix("smoke"), {}, None, None).cells) == 4
+
     results_dir = str(tmp_path / "results")
     assert main(["results", "--results-dir", results_dir]) == 0
     listing = capsys.readouterr().out.splitlines()
@@ -255,7 +281,11 @@ def test_smoke_matrix_and_reports(tmp_path, benchmark_root, weights_dir, train_r
 
     assert main(["table", "--run", "smoke", "--results-dir", results_dir]) == 0
     table = capsys.readouterr().out
-    assert "| DOBI     | 4      | **36.13**" in table and "Set5 (crop 64) PSNR" in table
+    assert "Set5 (crop 64) PSNR" in table
+    dobi_row = next(line for line in table.splitlines() if line.startswith("| DOBI "))
+    cells = [c.strip() for c in dobi_row.strip("|").split("|")]
+    assert cells[1] == "4" and cells[2].startswith("**")  # best of its bit group, in bold
+    assert float(cells[2].strip("*")) == pytest.approx(dobi["psnr"], abs=0.005)
 
     # Visual strip recomputed from the cached bounds (the smoke matrix saves no images).
     assert main(["visual", "--run", "smoke", "--results-dir", results_dir, "--image", "bird", "--crop", "20,20,64,64",
@@ -263,6 +293,6 @@ def test_smoke_matrix_and_reports(tmp_path, benchmark_root, weights_dir, train_r
     strip = Path(capsys.readouterr().out.split()[0])
     assert strip.suffix == ".png" and strip.read_bytes().startswith(b"\x89PNG") and strip.stat().st_size > 10_000
     with pytest.raises(ConfigError, match="no image 'nosuch' in the dataset; its images are: baby, bird"):
-        from bench.runner.visual import Crop, build_panels
         from bench.runner.rundir import find_run
+        from bench.runner.visual import Crop, build_panels
         build_panels(find_run("smoke", results_dir), "nosuch", Crop(0, 0, 8, 8), data_root=benchmark_root)

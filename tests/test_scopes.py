@@ -15,6 +15,16 @@ from bench.quant import (CalibContext, QuantConfig, QuantConv2d, QuantLinear, Qu
 from methods.registry import create_method
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors gain nothing from intra-op threads, and on a shared, loaded CPU the threads' synchronisation
+    # makes every small op ~100x slower; the previous setting is restored after this module.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def swinir():
     from models import create_model

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                         help="test-set root (default: $BENCH_DATA_ROOT, else <repo>/datasets)")
     visual.add_argument("--device", default="cpu")
     visual.add_argument("--out", type=Path, default=None,
-                        help="output file stem (default: <run>/figures/visual_<dataset>_<image>)")
+                        help="output file stem (default: <run>/figures/visual_<model>_x<s>_<dataset>_<image>)")
     visual.set_defaults(func=visual_command)
 
 
@@ -83,9 +83,9 @@ def visual_command(args: argparse.Namespace) -> int:
     run = find_run(args.run, args.results_dir)
     crop = Crop.parse(args.crop)
     data_root = args.data_root or (Path(os.environ["BENCH_DATA_ROOT"]) if os.environ.get("BENCH_DATA_ROOT") else None)
-    panels = build_panels(run, args.image, crop, args.dataset, args.scale, args.model, data_root, args.device)
-    stem = args.out or run.path / "figures" / f"visual_{args.dataset or 'dataset'}_{args.image}"
-    title = f"{args.image} crop {args.crop}"
-    for path in save_strip(panels, Path(stem), title):
+    strip = build_panels(run, args.image, crop, args.dataset, args.scale, args.model, data_root, args.device)
+    stem = args.out or run.path / "figures" / f"{strip.stem}_{args.image}"
+    title = f"{strip.model} x{strip.scale}, {strip.dataset} {args.image}, crop {args.crop} (x, y, w, h in HR pixels)"
+    for path in save_strip(strip.panels, Path(stem), title):
         print(path)
     return 0

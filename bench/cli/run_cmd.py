@@ -15,20 +15,22 @@ def register(subparsers) -> None:
     run.add_argument("--matrix", required=True, metavar="NAME|FILE",
                      help="a matrix from matrices/ (demo, smoke, paper, full) or a YAML file")
     run.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                     help="run only matching cells (repeatable; keys: model, scale, method, bits, w_bits, a_bits, "
-                          "dataset; comma-separated values)")
-    run.add_argument("--data-root", type=Path, default=None,
+                     help="run only matching cells (repeatable, all must match; keys: model, scale, method, "
+                          "label, bits, w_bits, a_bits, dataset; comma-separated values mean any of them)")
+    run.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                      help="test-set root in BasicSR layout (default: $BENCH_DATA_ROOT, else <repo>/datasets)")
-    run.add_argument("--weights-dir", type=Path, default=None,
-                     help="folder that relative `weights:` paths of the matrix are resolved against")
+    run.add_argument("--weights-dir", type=Path, default=None, metavar="DIR",
+                     help="folder of checkpoints: relative `weights:` paths of the matrix are resolved against it, "
+                          "and default/official weights are found in it by their official file name")
     run.add_argument("--calib", "--train-root", dest="calib", type=Path, default=None, metavar="DIR",
                      help="folder of HR training images for calibration patches, never a test set "
                           "(default: $BENCH_CALIB_DIR)")
-    run.add_argument("--out", type=Path, default=None, help="run directory (default: results/<matrix name>)")
+    run.add_argument("--out", type=Path, default=None, metavar="DIR",
+                     help="run directory (default: results/<matrix name>)")
     run.add_argument("--force", action="store_true", help="recompute the selected cells even if already done")
     run.add_argument("--retry-errors", action="store_true", help="recompute cells whose last attempt failed")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    run.add_argument("--threads", type=int, default=None,
+    run.add_argument("--threads", type=int, default=None, metavar="N",
                      help="CPU threads for torch (default: torch's choice; 1 is fastest on small inputs or "
                           "when other processes share the cores)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -31,9 +31,9 @@ def save_quantized(qmodel: nn.Module, path: str | Path, meta: dict | None = None
         "config": {**asdict(config), "scope": getattr(qmodel, "quant_scope", config.scope)},
         "quantizers": {
             # Python floats (exact for float32) rather than one tensor record per scalar: a smaller file.
-            name: {"lower": q.lower.detach().cpu().flatten().tolist(), "upper": q.upper.detach().cpu().flatten().tolist(),
-                   "shape": list(q.lower.shape), "bits": q.bits, "kind": q.kind, "calibrated": bool(q.calibrated),
-                   "grad_scale": q.grad_scale}
+            name: {"lower": q.lower.detach().cpu().flatten().tolist(),
+                   "upper": q.upper.detach().cpu().flatten().tolist(), "shape": list(q.lower.shape),
+                   "bits": q.bits, "kind": q.kind, "calibrated": bool(q.calibrated), "grad_scale": q.grad_scale}
             for name, q in quantizers(qmodel)
         },
         # JSON-safe (paths become strings) so that the file loads with weights_only=True.

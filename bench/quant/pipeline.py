@@ -86,6 +86,11 @@ def _device_of(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # "cuda" and "cuda:0" are the same place
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -100,7 +105,7 @@ def quantize_with_method(fp_model: nn.Module, method: Method, w_bits: int, a_bit
     config = QuantConfig(w_bits=w_bits, a_bits=a_bits, scope=scope, per_channel_weights=per_channel_weights)
     if ctx.fp_model is None:
         ctx.fp_model = fp_model
-    if _device_of(ctx.fp_model) != ctx.device:
+    if not _same_device(_device_of(ctx.fp_model), ctx.device):
         # The teacher must live where calibration runs; copy it rather than move the caller's model.
         ctx.fp_model = copy.deepcopy(ctx.fp_model).to(ctx.device)
     ctx.fp_model.eval()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from bench.errors import ConfigError
 from bench.runner.matrix import Bits, DatasetSpec, MatrixSpec, MethodSpec, ModelSpec
@@ -31,13 +32,9 @@ class Cell:
         return self.method.name in (FP, BICUBIC)
 
     @property
-    def params_json(self) -> str:
-        return json.dumps(_thaw(self.method.params), sort_keys=True, separators=(",", ":"), default=str)
-
-    @property
     def method_id(self) -> str:
-        """Label plus params, unless the params are the method's defaults (then just the label)."""
-        return self.method.label + (self.params_json if self.method.params else "")
+        """Label plus params, unless the matrix gives none (then just the label)."""
+        return self.method.label + self.method.params_json
 
     @property
     def bits_label(self) -> str:
@@ -52,31 +49,20 @@ class Cell:
         """Cells sharing this key share one calibration (bounds do not depend on the test set)."""
         return "/".join([self.model.name, f"x{self.scale}", self.method_id, self.bits_label])
 
-    def fingerprint(self, matrix: MatrixSpec) -> str:
-        """Settings of the matrix that change this cell's result. The calibration *folder* is not part of it
-        (it is a command-line path): to calibrate on other images, use --force or another --out."""
-        settings: dict[str, Any] = {"weights": self.model.weights, "scope": self.model.scope,
-                                    "lpips": matrix.eval.lpips, "latency": [matrix.latency.runs,
-                                                                             matrix.latency.lr_size],
-                                    "cost": matrix.cost.lr_size}
+    def fingerprint(self, matrix: MatrixSpec, weights_id: str | None = None) -> str:
+        """Hash of what changes this cell's result besides its key: the matrix's settings and the identity
+        of the weights file (`weights_id`, a content digest), so that retrained weights are re-evaluated.
+        The calibration *folder* is not part of it (a command-line path): to calibrate on other images,
+        use --force or another --out."""
+        settings: dict[str, Any] = {"lpips": matrix.eval.lpips}
+        if self.method.name != BICUBIC:
+            settings.update(weights=self.model.weights, weights_id=weights_id, scope=self.model.scope,
+                            latency=[matrix.latency.runs, matrix.latency.lr_size], cost=matrix.cost.lr_size)
         if not self.is_baseline:
             c = matrix.calibration
             settings["calibration"] = [c.n, c.patch, c.seed, c.val, c.train_dir]
         blob = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _thaw(frozen: Any) -> Any:
-    if isinstance(frozen, tuple) and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str)
-                                         for x in frozen) and frozen:
-        return {k: _thaw(v) for k, v in frozen}
-    if isinstance(frozen, tuple):
-        return [_thaw(v) for v in frozen]
-    return frozen
-
-
-def thaw_params(method: MethodSpec) -> dict[str, Any]:
-    return _thaw(method.params) if method.params else {}
 
 
 FP_METHOD = MethodSpec(FP, FP)

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 from tqdm import tqdm
 
 from bench.errors import BenchError
 from bench.runner import provenance, stages
 from bench.runner.baselines import BicubicUpsampler
-from bench.runner.cells import BICUBIC, FP, Cell, thaw_params
+from bench.runner.cells import BICUBIC, FP, Cell
 from bench.runner.latency import median_latency_ms
 from bench.runner.matrix import MatrixSpec
 from bench.runner.plan import make_plan
@@ -74,20 +74,33 @@ def run_matrix(matrix: MatrixSpec, options: RunOptions) -> RunStats:
         stats.skipped = plan.skipped
         stats.total = len(plan.cells)
         store = RecordStore(run.path)
+        fingerprints = _fingerprints(plan.cells, matrix, options.weights_dir)
         latest = {} if options.force else store.latest()
-        pending = [c for c in plan.cells if not _finished(c, matrix, latest, options.retry_errors)]
+        pending = [c for c in plan.cells if not _finished(c, fingerprints[c], latest, options.retry_errors)]
         stats.already_done = stats.total - len(pending)
         _write_run_meta(run, matrix)
         if pending:
-            executor = _Executor(matrix, options, run, store, stats)
+            executor = _Executor(matrix, options, run, store, stats, fingerprints)
             executor.execute(pending)
     stats.seconds = time.perf_counter() - start
     return stats
 
 
-def _finished(cell: Cell, matrix: MatrixSpec, latest: dict[str, dict], retry_errors: bool) -> bool:
+def _fingerprints(cells: list[Cell], matrix: MatrixSpec, weights_dir: Path | None) -> dict[Cell, str]:
+    """Each cell's fingerprint; every weights file is hashed once."""
+    ids: dict[tuple, str | None] = {}
+    result = {}
+    for cell in cells:
+        key = (cell.model, cell.scale)
+        if key not in ids:
+            ids[key] = stages.weights_identity(cell.model, cell.scale, weights_dir)
+        result[cell] = cell.fingerprint(matrix, ids[key])
+    return result
+
+
+def _finished(cell: Cell, fingerprint: str, latest: dict[str, dict], retry_errors: bool) -> bool:
     record = latest.get(cell.key)
-    if record is None or record.get("fingerprint") != cell.fingerprint(matrix):
+    if record is None or record.get("fingerprint") != fingerprint:
         return False
     return record.get("status") == STATUS_OK or not retry_errors
 
@@ -114,8 +127,9 @@ def _one_line(exc: BaseException) -> str:
 
 class _Executor:
     def __init__(self, matrix: MatrixSpec, options: RunOptions, run: RunDir, store: RecordStore,
-                 stats: RunStats) -> None:
+                 stats: RunStats, fingerprints: dict[Cell, str]) -> None:
         self.matrix = matrix
+        self.fingerprints = fingerprints
         self.options = options
         self.run = run
         self.store = store
@@ -187,18 +201,18 @@ class _Executor:
             calib_cells = list(calib_cells)
             try:
                 qmodel, calib = group.quantized(calib_cells[0])
-            except Exception as exc:  # a method's failure must not stop the matrix
+            except Exception as exc:  # noqa: BLE001 - a method's failure must not stop the matrix
                 for cell in calib_cells:
                     self._record_error(cell, exc)
                 continue
             for cell in calib_cells:
-                self._run_cell(cell, lambda c=cell: group.evaluate_quantized(c, qmodel, calib))
+                self._run_cell(cell, lambda c=cell, q=qmodel, k=calib: group.evaluate_quantized(c, q, k))
 
     def _run_cell(self, cell: Cell, compute) -> None:
         self._status(f"{cell.key}")
         try:
             record = compute()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded as an error cell; the matrix goes on
             self._record_error(cell, exc)
             return
         self._append(record)
@@ -230,9 +244,9 @@ class _Executor:
 
     def base_record(self, cell: Cell) -> CellRecord:
         return CellRecord(
-            key=cell.key, fingerprint=cell.fingerprint(self.matrix), run=self.run.name, model=cell.model.name,
+            key=cell.key, fingerprint=self.fingerprints[cell], run=self.run.name, model=cell.model.name,
             scale=cell.scale, method=cell.method.name, label=cell.method.label,
-            method_params=thaw_params(cell.method),
+            method_params=cell.method.params,
             w_bits=cell.bits.w if cell.bits else None, a_bits=cell.bits.a if cell.bits else None,
             dataset=cell.dataset.name, dataset_label=cell.dataset.label, crop=cell.dataset.crop,
             weights=None if cell.method.name == BICUBIC else
@@ -323,7 +337,7 @@ class _ModelGroup:
 
     def quantized(self, cell: Cell) -> tuple[nn.Module, _Calibration]:
         """The calibrated model of this calibration key: from the run's cache, else calibrated now."""
-        path = self.ex.run.bounds_path(cell.calib_key, cell.fingerprint(self.matrix))
+        path = self.ex.run.bounds_path(cell.calib_key, self.ex.fingerprints[cell])
         self.ex._status(f"calibrating {cell.calib_key}")
         if path.exists() and not self.ex.options.force:
             qmodel, meta = stages.load_bounds(path, self.fp_model)
@@ -333,7 +347,7 @@ class _ModelGroup:
             _seed_everything(self.matrix.seed)
             batch, val = self.ex._calib_batch(cell.scale)
             qmodel, seconds, description = stages.calibrate(
-                self.fp_model, cell.method.name, thaw_params(cell.method), cell.bits.w, cell.bits.a, batch, val,
+                self.fp_model, cell.method.name, cell.method.params, cell.bits.w, cell.bits.a, batch, val,
                 self.ex.calib_dir, self.ex.device, cell.model.scope, self.matrix.seed, self.ex.options.progress)
             stages.save_bounds(qmodel, path, {"calib_key": cell.calib_key, "calib_seconds": seconds,
                                               "method_description": description})

@@ -9,7 +9,7 @@ import statistics
 import time
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 def _sync(device: torch.device) -> None:
@@ -18,10 +18,16 @@ def _sync(device: torch.device) -> None:
 
 
 def median_latency_ms(model: nn.Module, lr_size: int, runs: int, device: torch.device,
-                      warmup: int = 1, seed: int = 0) -> float | None:
-    """Median milliseconds per forward of a (1, 3, lr_size, lr_size) input; None when runs == 0."""
+                      warmup: int | None = None, seed: int = 0) -> float | None:
+    """Median milliseconds per forward of a (1, 3, lr_size, lr_size) input; None when runs == 0.
+
+    `warmup` untimed forwards first (default: one, except for a single CPU run, where allocator warm-up is
+    negligible next to the forward itself; GPUs always get one, for kernel selection and lazy init).
+    """
     if runs <= 0:
         return None
+    if warmup is None:
+        warmup = 1 if runs > 1 or device.type == "cuda" else 0
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(1, 3, lr_size, lr_size, generator=generator).to(device)
     times = []

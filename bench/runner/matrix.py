@@ -25,12 +25,16 @@ Schema (every key but `models`, `datasets` and `methods`/`baselines` optional):
     save_images: false              # write every cell's SR outputs as PNG (for `bench visual`)
     seed: 0
 
-`weights`: omitted/"default" = the model's default weights (`models.create_model(weights=None)`),
-"random" = random init, otherwise a path (may contain `{scale}`), relative to `--weights-dir` if given.
+`weights`: omitted/"default" = the official file under `--weights-dir` if there, else the model's default
+weights (`models.create_model(weights=None)`: fetch cache, then the project's shipped weights); "official" =
+the official checkpoint only (never the project's trained weights); "shipped" = the project's trained weights
+only (models/weights/); "random" = random init; otherwise a path
+(may contain `{scale}`), relative to `--weights-dir` if given.
 Every mistake raises a one-line ConfigError naming the file, the entry and the fix.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,12 +95,17 @@ class DatasetSpec:
 class MethodSpec:
     name: str
     label: str
-    params: tuple[tuple[str, Any], ...] = ()
+    params_json: str = ""                 # canonical JSON of the matrix's params ("" = method defaults)
     bits: tuple[Bits, ...] | None = None  # None: the matrix's `bits`
 
     @property
-    def params_dict(self) -> dict[str, Any]:
-        return dict(self.params)
+    def params(self) -> dict[str, Any]:
+        return json.loads(self.params_json) if self.params_json else {}
+
+
+def canonical_json(params: dict[str, Any]) -> str:
+    """Hashable, order-independent form of method params (also their spelling in cell keys)."""
+    return json.dumps(params, sort_keys=True, separators=(",", ":"), default=str) if params else ""
 
 
 @dataclass(frozen=True)
@@ -289,7 +298,7 @@ def _parse_models(value: Any, check: _Checker, default_scales) -> tuple[ModelSpe
                                f"{', '.join(map(str, registered))}")
         weights = item.get("weights")
         if weights is not None and not isinstance(weights, str):
-            check.fail(f"`{where}.weights` must be 'default', 'random' or a path, got {weights!r}")
+            check.fail(f"`{where}.weights` must be 'default', 'official', 'shipped', 'random' or a path, got {weights!r}")
         weights = None if weights in (None, "default") else weights
         scope = item.get("scope", "auto")
         if not isinstance(scope, str):
@@ -338,14 +347,6 @@ def _parse_datasets(value: Any, check: _Checker) -> tuple[DatasetSpec, ...] | st
     return tuple(specs)
 
 
-def _freeze(value: Any) -> Any:
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
 def _parse_methods(value: Any, check: _Checker) -> tuple[MethodSpec, ...] | str:
     from methods.registry import METHOD_REGISTRY, create_method
     _import_registries()
@@ -367,7 +368,7 @@ def _parse_methods(value: Any, check: _Checker) -> tuple[MethodSpec, ...] | str:
         params = check.mapping(item.get("params"), f"{where}.params")
         try:
             create_method(name, **params)
-        except Exception as exc:  # the method's own validation: report it against the matrix entry
+        except Exception as exc:  # noqa: BLE001 - the method's own validation, reported against the entry
             message = " ".join(str(exc).split())
             check.fail(f"bad params for method {name!r} in `{where}.params`: {type(exc).__name__}: {message}")
         label = item.get("label") or name
@@ -378,7 +379,7 @@ def _parse_methods(value: Any, check: _Checker) -> tuple[MethodSpec, ...] | str:
         bits = None
         if item.get("bits") is not None:
             bits = tuple(parse_bits(b, check, f"{where}.bits") for b in check.list_of(item["bits"], f"{where}.bits"))
-        specs.append(MethodSpec(name, label, _freeze(params), bits))
+        specs.append(MethodSpec(name, label, canonical_json(params), bits))
     return tuple(specs)
 
 

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from bench.errors import BenchError
 from bench.runner.cells import Cell, expand_cells, select_cells
-from bench.runner.matrix import ALL, DatasetSpec, MatrixSpec, MethodSpec, ModelSpec, known_datasets
+from bench.runner.matrix import (
+    ALL,
+    DatasetSpec,
+    MatrixSpec,
+    MethodSpec,
+    ModelSpec,
+    known_datasets,
+)
 
 
 @dataclass
@@ -53,11 +60,14 @@ def _methods(matrix: MatrixSpec) -> list[MethodSpec]:
 def make_plan(matrix: MatrixSpec, only: dict[str, set[str]], data_root: Path | None,
               weights_dir: Path | None) -> Plan:
     models = [(m, s) for m in _models(matrix) for s in _model_scales(m, matrix)]
-    datasets = _datasets(matrix)
+    cells = select_cells(expand_cells(models, _datasets(matrix), _methods(matrix), matrix.baselines, matrix.bits),
+                         only)
     skipped: list[str] = []
+    # Availability is checked only for what `--only` kept: slicing a huge matrix stays quick.
     if matrix.models == ALL:
-        models = _available_models(models, weights_dir, skipped)
-    cells = select_cells(expand_cells(models, datasets, _methods(matrix), matrix.baselines, matrix.bits), only)
+        available = set(_available_models(list(dict.fromkeys((c.model, c.scale) for c in cells)), weights_dir,
+                                          skipped))
+        cells = [c for c in cells if (c.model, c.scale) in available]
     if matrix.datasets == ALL:
         cells = _with_available_data(cells, data_root, skipped)
     return Plan(cells, skipped)

@@ -14,9 +14,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from bench.runner.tables import DATASET_ORDER, DISPLAY_NAMES  # noqa: E402
+from bench.runner.tables import DATASET_ORDER, DISPLAY_NAMES
 
 FORMATS = ("png", "pdf")
 
@@ -70,7 +70,7 @@ def plot_psnr_vs_bits(records: list[dict], model: str, scale: int, out_dir: Path
             ax.set_xticks(bits)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
-    fig.suptitle(f"{model} x{scale}: PSNR vs bits")
+    fig.suptitle(f"{model} x{scale}: PSNR vs bits", y=1.04)
     return _save(fig, out_dir, f"{model}_x{scale}_psnr_vs_bits")
 
 
@@ -88,7 +88,7 @@ def plot_psnr_vs_size(records: list[dict], model: str, scale: int, out_dir: Path
         ax.set_ylabel("PSNR (dB, Y)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
-    fig.suptitle(f"{model} x{scale}: PSNR vs model size")
+    fig.suptitle(f"{model} x{scale}: PSNR vs model size", y=1.04)
     return _save(fig, out_dir, f"{model}_x{scale}_psnr_vs_size")
 
 

@@ -107,7 +107,7 @@ class RunLock:
     def __init__(self, run: RunDir) -> None:
         self.path = run.path / ".lock"
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:  # noqa: PYI034
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             try:

@@ -199,6 +199,8 @@ def _reference_values(refs: list[ReferenceRow], method: str, bits: int | None,
         hit = next((r for r in matched if r.dataset == name), None)
         for metric, _ in METRICS:
             values[(label, metric)] = getattr(hit, metric) if hit else None
+    if all(v is None for v in values.values()):
+        return None  # the reference has none of this table's datasets: no empty row
     return matched[0].name, values
 
 

@@ -12,16 +12,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from bench.errors import ConfigError  # noqa: E402
-from bench.runner import stages  # noqa: E402
-from bench.runner.matrix import DatasetSpec, ModelSpec  # noqa: E402
-from bench.runner.records import read_records, latest_by_key  # noqa: E402
-from bench.runner.rundir import RunDir  # noqa: E402
-from bench.runner.tables import DISPLAY_NAMES  # noqa: E402
+from bench.errors import ConfigError
+from bench.runner import stages
+from bench.runner.matrix import DatasetSpec, ModelSpec
+from bench.runner.records import latest_by_key, read_records
+from bench.runner.rundir import RunDir
+from bench.runner.tables import DISPLAY_NAMES
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Crop:
     h: int
 
     @classmethod
-    def parse(cls, text: str) -> "Crop":
+    def parse(cls, text: str) -> Crop:
         try:
             x, y, w, h = (int(v) for v in text.split(","))
         except ValueError:
@@ -53,6 +53,18 @@ class Crop:
 class Panel:
     title: str
     image: np.ndarray
+
+
+@dataclass
+class Strip:
+    panels: list[Panel]
+    model: str
+    scale: int
+    dataset: str
+
+    @property
+    def stem(self) -> str:
+        return f"visual_{self.model}_x{self.scale}_{self.dataset}"
 
 
 def _select(records: list[dict], dataset: str | None, scale: int | None, model: str | None) -> list[dict]:
@@ -110,7 +122,7 @@ class _Recomputer:
 
 
 def build_panels(run: RunDir, image: str, crop: Crop, dataset: str | None = None, scale: int | None = None,
-                 model: str | None = None, data_root: Path | None = None, device: str = "cpu") -> list[Panel]:
+                 model: str | None = None, data_root: Path | None = None, device: str = "cpu") -> Strip:
     from bench.data.imresize import imresize
     from bench.inference import upscale
 
@@ -135,7 +147,7 @@ def build_panels(run: RunDir, image: str, crop: Crop, dataset: str | None = None
         bits = "" if record["method"] in ("fp", "bicubic") else f" W{record['w_bits']}A{record['a_bits']}"
         psnr = _image_psnr(record, image)
         panels.append(Panel(f"{name}{bits}" + (f"\n{psnr:.2f} dB" if psnr is not None else ""), crop.apply(sr)))
-    return panels
+    return Strip(panels, first["model"], first["scale"], first.get("dataset_label") or first["dataset"])
 
 
 def save_strip(panels: list[Panel], out_stem: Path, title: str = "") -> list[Path]:
