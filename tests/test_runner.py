@@ -121,6 +121,19 @@ def test_shipped_matrices_are_valid():
     assert cells["paper"] == 3 * 5 * (2 + 6 * 3)
 
 
+def test_demo_calibrates_on_embedded_photos_that_it_never_evaluates(tmp_path):
+    from bench.data.calib import calibration_batch, list_images
+    from bench.data.sample import SAMPLE_PHOTOS
+    from bench.runner.stages import train_dir
+    calib = load_matrix("demo").calibration
+    folder = train_dir(calib, None)  # no --calib: the embedded scikit-image photos (BENCH_CACHE is a tmp dir)
+    names = {p.stem for p in list_images(folder)}
+    assert len(names) == 9 and not names & set(SAMPLE_PHOTOS)
+    assert train_dir(calib, tmp_path) == tmp_path  # an explicit --calib wins
+    batch = calibration_batch(folder, 2, n=calib.n, patch=calib.patch, seed=calib.seed)
+    assert tuple(batch.shape) == (4, 3, 32, 32) and 0.0 <= float(batch.min()) < float(batch.max()) <= 1.0
+
+
 def test_only_filters(tiny_yaml):
     plan = make_plan(load_matrix(tiny_yaml), {}, None, None)
     assert len(plan.cells) == 12

@@ -41,3 +41,23 @@ def sample_dir(data_root: Path) -> Path:
     for name in SAMPLE_PHOTOS:
         write_png(target / HR_DIR / f"{name}.png", sample_photo(name))
     return target
+
+
+# ------------------------------------------------------------------------------ embedded calibration images
+
+# Other scikit-image photos, disjoint from SAMPLE_PHOTOS, so the demo calibrates on images it never evaluates
+# (the calibration-set-is-not-a-test-set rule also holds for the demo). Full images, not crops.
+SAMPLE_TRAIN_NAME = "sample-train"
+SAMPLE_TRAIN_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "coins", "brick", "grass",
+                       "gravel", "moon", "page")
+
+
+def sample_train_dir() -> Path:
+    """Folder of the embedded calibration photos (`calibration: {train_dir: sample-train}`), under the cache."""
+    import skimage.data
+    target = cache_dir() / SAMPLE_TRAIN_NAME
+    for name in SAMPLE_TRAIN_PHOTOS:
+        path = target / f"{name}.png"
+        if not path.is_file():
+            write_png(path, np.ascontiguousarray(getattr(skimage.data, name)()))
+    return target

@@ -228,7 +228,13 @@ def write_png(path: Path, image_u8: np.ndarray) -> None:
 # ----------------------------------------------------------------------------------------- quantization
 
 def train_dir(calib: CalibrationSpec, train_root: Path | None) -> Path | None:
-    """Folder of HR training images: the matrix's `calibration.train_dir` (relative to --calib), else --calib."""
+    """Folder of HR training images: the matrix's `calibration.train_dir` (relative to --calib), else --calib.
+
+    `train_dir: sample-train` names the embedded scikit-image calibration photos; an explicit --calib wins.
+    """
+    from bench.data.sample import SAMPLE_TRAIN_NAME, sample_train_dir
+    if calib.train_dir == SAMPLE_TRAIN_NAME:
+        return train_root if train_root is not None else sample_train_dir()
     if calib.train_dir is None:
         return train_root
     path = Path(calib.train_dir)
