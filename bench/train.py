@@ -20,9 +20,8 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -461,8 +460,9 @@ def _checkpoint(cfg, model, optimizer, scheduler, scaler, batcher, iteration, be
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train `cfg.model` at `cfg.scale`; returns where the final checkpoint is and the validation PSNR."""
-    from models import create_model
     from tqdm import tqdm
+
+    from models import create_model
 
     cfg.validate()
     if cfg.threads:

@@ -9,13 +9,7 @@ from bench.errors import CheckpointError
 from models import create_model
 from models.checkpoint import CheckpointMismatchError, load_checkpoint, read_state_dict
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,7 @@ from methods.emmse import affine_bounds, mse_range
 from methods.percentile import quantile_linear
 from methods.registry import create_method
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a shared, loaded CPU the threads' synchronisation
-    # makes every small op ~100x slower; the previous setting is restored after this module.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ------------------------------------------------------------------------------------------------ DOBI
 
@@ -154,23 +146,11 @@ def test_percentile_params_are_validated():
 
 # ----------------------------------------------------------------------------------- SwinIR-light, all methods
 
-@pytest.fixture(scope="module")
-def swinir():
-    from models import create_model
-    torch.manual_seed(0)
-    return create_model("swinir-light", 2, weights="random")
-
-
-@pytest.fixture(scope="module")
-def tiny_batch():
-    return torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # one 8x8 window per image
-
-
 @pytest.mark.parametrize("method", ["minmax", "percentile", "emmse", "dobi"])
-def test_every_method_calibrates_all_384_quantizers(swinir, tiny_batch, method):
+def test_every_method_calibrates_all_384_quantizers(swinir_random, tiny_batch, method):
     for bits in (4, 3, 2):
         ctx = CalibContext(calib_batch=tiny_batch, progress=False)
-        qmodel, seconds = quantize_with_method(swinir, create_method(method), bits, bits, ctx)
+        qmodel, seconds = quantize_with_method(swinir_random, create_method(method), bits, bits, ctx)
         qs = quantizers(qmodel)
         assert len(qs) == 384 and seconds > 0
         for name, q in qs:
@@ -182,13 +162,13 @@ def test_every_method_calibrates_all_384_quantizers(swinir, tiny_batch, method):
         assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
 
 
-def test_minmax_bounds_are_the_tensor_extrema(swinir, tiny_batch):
-    qmodel, _ = quantize_with_method(swinir, create_method("minmax"), 4, 4, CalibContext(calib_batch=tiny_batch))
-    weight = swinir.get_submodule("layers.0.residual_group.blocks.0.mlp.fc2").weight.detach()
+def test_minmax_bounds_are_the_tensor_extrema(swinir_random, tiny_batch):
+    qmodel, _ = quantize_with_method(swinir_random, create_method("minmax"), 4, 4, CalibContext(calib_batch=tiny_batch))
+    weight = swinir_random.get_submodule("layers.0.residual_group.blocks.0.mlp.fc2").weight.detach()
     q = qmodel.get_submodule("layers.0.residual_group.blocks.0.mlp.fc2.weight_quant")
     assert (q.lower.item(), q.upper.item()) == (weight.min().item(), weight.max().item())
     # q/k/v: the three weight quantizers see their own third of the fused qkv weight
-    qkv = swinir.get_submodule("layers.0.residual_group.blocks.0.attn.qkv").weight.detach()
+    qkv = swinir_random.get_submodule("layers.0.residual_group.blocks.0.attn.qkv").weight.detach()
     k_quant = qmodel.get_submodule("layers.0.residual_group.blocks.0.attn.qkv.k.weight_quant")
     assert k_quant.upper.item() == float(qkv[60:120].max())
     # the softmax map of the attention BMM lies in [0, 1]

@@ -16,14 +16,7 @@ from models.layers import MatMul
 from models.registry import MODEL_REGISTRY, UnknownModelError
 from models.swinir import BasicLayer, flip_concat_pad, relative_position_index, shift_mask
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny crops gain nothing from threads, and on a loaded 2-core machine two OpenMP threads can be 100x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -------------------------------------------------------------------------------------------- helpers

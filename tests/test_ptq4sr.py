@@ -20,14 +20,7 @@ from bench.quant.surgery import (
 from methods.dbdc import RunningMean, dbdc_mass, dbdc_range, shrink_bins
 from methods.ptq4sr import PTQ4SR, dbdc_calibrate, pa_loss, pac_loss, pixel_attention
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests run many tiny ops: one thread avoids OpenMP contention on the shared 2-core CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ----------------------------------------------------------------------------------------------- DBDC
 
@@ -157,13 +150,6 @@ def test_pac_loss_value_and_detached_feature_term():
 
 
 # ------------------------------------------------------------------------------------------ models
-
-@pytest.fixture(scope="module")
-def swinir_random():
-    from models import create_model
-    torch.manual_seed(0)
-    return create_model("swinir-light", 2, weights="random")
-
 
 @pytest.fixture(scope="module")
 def imdn_x2(weights_dir):

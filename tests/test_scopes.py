@@ -9,27 +9,25 @@ import torch
 import torch.nn as nn
 
 from bench.errors import CheckpointError, ConfigError
-from bench.quant import (CalibContext, QuantConfig, QuantConv2d, QuantLinear, QuantMatMul, bound_parameters,
-                         load_quantized, quantize_model, quantize_with_method, quantizers, resolve_scope,
-                         save_quantized, set_quant_enabled, weight_quantizers)
+from bench.quant import (
+    CalibContext,
+    QuantConfig,
+    QuantConv2d,
+    QuantLinear,
+    QuantMatMul,
+    bound_parameters,
+    load_quantized,
+    quantize_model,
+    quantize_with_method,
+    quantizers,
+    resolve_scope,
+    save_quantized,
+    set_quant_enabled,
+    weight_quantizers,
+)
 from methods.registry import create_method
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a shared, loaded CPU the threads' synchronisation
-    # makes every small op ~100x slower; the previous setting is restored after this module.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def swinir():
-    from models import create_model
-    torch.manual_seed(0)
-    return create_model("swinir-light", 2, weights="random")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +37,10 @@ def imdn():
     return create_model("imdn", 2, weights="random")
 
 
-@pytest.fixture(scope="module")
-def tiny_batch():
-    return torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # one 8x8 window per image
-
-
 # --------------------------------------------------------------------------------------------- 2dquant
 
-def test_2dquant_scope_on_swinir_light_counts(swinir):
-    qmodel = quantize_model(swinir, QuantConfig(4, 4))
+def test_2dquant_scope_on_swinir_light_counts(swinir_random):
+    qmodel = quantize_model(swinir_random, QuantConfig(4, 4))
     assert qmodel.quant_scope == "2dquant"  # auto
     qs = quantizers(qmodel)
     assert len(qs) == 384  # 24 blocks x 16
@@ -69,27 +62,27 @@ def test_2dquant_scope_on_swinir_light_counts(swinir):
     # every conv stays FP; only the scope's layers are wrapped
     assert not any(isinstance(m, QuantConv2d) for m in qmodel.modules())
     assert sum(isinstance(m, nn.Conv2d) for m in qmodel.modules()) == sum(
-        isinstance(m, nn.Conv2d) for m in swinir.modules())
+        isinstance(m, nn.Conv2d) for m in swinir_random.modules())
     assert sum(isinstance(m, QuantLinear) for m in qmodel.modules()) == 144
     assert sum(isinstance(m, QuantMatMul) for m in qmodel.modules()) == 48
     # only the bounds are trainable
     assert [p for p in qmodel.parameters() if p.requires_grad] == bound_parameters(qmodel)
 
 
-def test_quantize_model_leaves_the_fp_model_untouched(swinir, tiny_batch):
-    state = {k: v.clone() for k, v in swinir.state_dict().items()}
-    flags = {k: p.requires_grad for k, p in swinir.named_parameters()}
+def test_quantize_model_leaves_the_fp_model_untouched(swinir_random, tiny_batch):
+    state = {k: v.clone() for k, v in swinir_random.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in swinir_random.named_parameters()}
     with torch.no_grad():
-        before = swinir(tiny_batch)
-    qmodel, _ = quantize_with_method(swinir, create_method("minmax"), 2, 2, CalibContext(calib_batch=tiny_batch))
+        before = swinir_random(tiny_batch)
+    qmodel, _ = quantize_with_method(swinir_random, create_method("minmax"), 2, 2, CalibContext(calib_batch=tiny_batch))
     with torch.no_grad():
-        after = swinir(tiny_batch)
+        after = swinir_random(tiny_batch)
         quantized = qmodel(tiny_batch)
     assert torch.equal(before, after)
-    assert set(swinir.state_dict()) == set(state)
-    assert all(torch.equal(v, state[k]) for k, v in swinir.state_dict().items())
-    assert flags == {k: p.requires_grad for k, p in swinir.named_parameters()}
-    assert not any(isinstance(m, (QuantLinear, QuantMatMul)) for m in swinir.modules())
+    assert set(swinir_random.state_dict()) == set(state)
+    assert all(torch.equal(v, state[k]) for k, v in swinir_random.state_dict().items())
+    assert flags == {k: p.requires_grad for k, p in swinir_random.named_parameters()}
+    assert not any(isinstance(m, (QuantLinear, QuantMatMul)) for m in swinir_random.modules())
     assert not torch.equal(quantized, before)
     # quantizers disabled: the copy computes the FP function (q/k/v split included)
     set_quant_enabled(qmodel, False)
@@ -97,29 +90,29 @@ def test_quantize_model_leaves_the_fp_model_untouched(swinir, tiny_batch):
         torch.testing.assert_close(qmodel(tiny_batch), before, atol=1e-5, rtol=0)
 
 
-def test_save_load_round_trip_gives_identical_outputs(swinir, tiny_batch, tmp_path):
-    qmodel, _ = quantize_with_method(swinir, create_method("dobi"), 3, 3, CalibContext(calib_batch=tiny_batch))
+def test_save_load_round_trip_gives_identical_outputs(swinir_random, tiny_batch, tmp_path):
+    qmodel, _ = quantize_with_method(swinir_random, create_method("dobi"), 3, 3, CalibContext(calib_batch=tiny_batch))
     path = save_quantized(qmodel, tmp_path / "dobi.pt", {"model": "swinir-light", "scale": 2,
                                                           "method": qmodel.quant_method})
     assert path.stat().st_size < 100_000  # bounds and metadata only, not the FP weights (~3.6 MB)
-    loaded = load_quantized(path, swinir)
+    loaded = load_quantized(path, swinir_random)
     assert loaded.quant_meta["method"] == {"name": "dobi", "params": {"variant": "paper", "K": 100}}
     assert loaded.quant_config == QuantConfig(3, 3, "2dquant")
     with torch.no_grad():
         assert torch.equal(loaded(tiny_batch), qmodel(tiny_batch))
 
 
-def test_loading_bounds_into_another_model_is_a_checkpoint_error(swinir, imdn, tmp_path):
+def test_loading_bounds_into_another_model_is_a_checkpoint_error(swinir_random, imdn, tmp_path):
     qmodel = quantize_model(imdn, QuantConfig(8, 8))
     for _, q in quantizers(qmodel):
         q.set_bounds(-1.0, 1.0)
     path = save_quantized(qmodel, tmp_path / "imdn.pt", {})
     with pytest.raises(CheckpointError, match="imdn.pt"):
-        load_quantized(path, swinir)
+        load_quantized(path, swinir_random)
     bogus = tmp_path / "weights.pth"
     torch.save({"a": torch.zeros(1)}, bogus)
     with pytest.raises(CheckpointError, match="weights.pth"):
-        load_quantized(bogus, swinir)
+        load_quantized(bogus, swinir_random)
 
 
 # ---------------------------------------------------------------------------------------------- ptq4sr
@@ -140,9 +133,9 @@ def test_ptq4sr_scope_on_imdn_quantizes_every_conv_with_8_bit_edges(imdn):
     assert conv.weight_quant.lower.shape == (conv.out_channels,)
 
 
-def test_ptq4sr_scope_on_swinir_wraps_convs_and_linears_but_no_bmm(swinir):
-    qmodel = quantize_model(swinir, QuantConfig(4, 4, scope="ptq4sr"))
-    n_convs = sum(isinstance(m, nn.Conv2d) for m in swinir.modules())
+def test_ptq4sr_scope_on_swinir_wraps_convs_and_linears_but_no_bmm(swinir_random):
+    qmodel = quantize_model(swinir_random, QuantConfig(4, 4, scope="ptq4sr"))
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in swinir_random.modules())
     assert sum(isinstance(m, QuantConv2d) for m in qmodel.modules()) == n_convs
     assert sum(isinstance(m, QuantLinear) for m in qmodel.modules()) == 96  # fused qkv not split
     assert not any(isinstance(m, QuantMatMul) for m in qmodel.modules())
@@ -171,8 +164,8 @@ def test_auto_scope_and_unmatched_scope():
         quantize_model(qmodel, QuantConfig(4, 4))
 
 
-def test_2dquant_patterns_name_only_swin_attention_and_mlp(swinir):
+def test_2dquant_patterns_name_only_swin_attention_and_mlp(swinir_random):
     from bench.quant.scopes import get_scope
     patterns = [r.pattern for r in get_scope("2dquant").rules]
-    matched = [name for name, _ in swinir.named_modules() if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    matched = [name for name, _ in swinir_random.named_modules() if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
     assert len(matched) == 24 * 6

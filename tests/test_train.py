@@ -9,8 +9,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from bench.train import (PatchBatcher, TrainConfig, export_weights, init_from, lr_factor, make_pairs,
-                         read_checkpoint, split_holdout, list_images, train)
+from bench.train import (
+    PatchBatcher,
+    TrainConfig,
+    init_from,
+    list_images,
+    lr_factor,
+    make_pairs,
+    read_checkpoint,
+    split_holdout,
+    train,
+)
 from models import create_model
 from models.registry import MODEL_REGISTRY, register_model
 

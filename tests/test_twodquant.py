@@ -27,14 +27,7 @@ from methods.finetune import (
 from methods.minmax import MinMax
 from methods.twodquant import PRESETS, TwoDQuant, dqc_loss_code, dqc_loss_paper
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests run many tiny ops: one thread avoids OpenMP contention on the shared 2-core CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # B = 2 images of 1 x 1 x 2 and features of B = 2, L = 1 token, C = 2 channels with easy norms:
 #   F_q = [[3, 4]], [[1, 0]]  (norms 5, 1);   F_fp = [[4, 3]], [[0, 2]]  (norms 5, 2).
@@ -93,13 +86,6 @@ def test_presets_and_overrides():
 
 
 # ------------------------------------------------------------------------------------- fine-tuning
-
-@pytest.fixture(scope="module")
-def swinir_random():
-    from models import create_model
-    torch.manual_seed(0)
-    return create_model("swinir-light", 2, weights="random")
-
 
 @pytest.fixture(scope="module")
 def imdn_x2(weights_dir):

@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -18,7 +18,8 @@ import numpy as np
 
 from bench.data.cards import DatasetCard, card_for, custom_card, known_datasets
 from bench.data.io import image_size, list_images, read_rgb
-from bench.data.lr import generate_lr as write_generated_lr, is_generated
+from bench.data.lr import generate_lr as write_generated_lr
+from bench.data.lr import is_generated
 from bench.data.paths import HR_DIR, LR_DIR, cached_lr_dir, is_writable_dir, lr_folder_name, resolve_data_root
 from bench.data.sample import SAMPLE_NAME, sample_dir
 from bench.errors import DataError

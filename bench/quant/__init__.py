@@ -6,11 +6,28 @@ from bench.quant.calibrate import capture_activations, capture_weights
 from bench.quant.io import load_quantized, read_quantized, save_quantized
 from bench.quant.layers import QuantConv2d, QuantLinear, QuantMatMul, SplitQuantLinear
 from bench.quant.pipeline import CalibContext, quantize_with_method
-from bench.quant.quantizer import (ACT, ACT_GELU, ACT_SOFTMAX, KINDS, WEIGHT, FakeQuantizer, fake_quantize,
-                                   fake_quantize_values, lsq_grad_scale)
+from bench.quant.quantizer import (
+                                   ACT,
+                                   ACT_GELU,
+                                   ACT_SOFTMAX,
+                                   KINDS,
+                                   WEIGHT,
+                                   FakeQuantizer,
+                                   fake_quantize,
+                                   fake_quantize_values,
+                                   lsq_grad_scale,
+)
 from bench.quant.scopes import AUTO, LayerRule, Scope, get_scope, list_scopes, register_scope, resolve_scope
-from bench.quant.surgery import (QuantConfig, activation_quantizers, bound_parameters, quantize_model, quantizers,
-                                 set_quant_enabled, uncalibrated, weight_quantizers)
+from bench.quant.surgery import (
+                                   QuantConfig,
+                                   activation_quantizers,
+                                   bound_parameters,
+                                   quantize_model,
+                                   quantizers,
+                                   set_quant_enabled,
+                                   uncalibrated,
+                                   weight_quantizers,
+)
 
 __all__ = [
     "ACT", "ACT_GELU", "ACT_SOFTMAX", "AUTO", "KINDS", "WEIGHT",
