@@ -29,6 +29,7 @@ from bench.evaluate import evaluate
 from bench.quant.pipeline import CalibContext, quantize_with_method
 from methods import create_method
 from models import create_model
+from scripts.imdn_args import add_imdn_args
 
 METHODS = ("minmax", "percentile", "emmse", "ptq4sr", "dobi", "2dquant")
 
@@ -61,18 +62,12 @@ def markdown(rows: list[dict], header: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", required=True, type=Path)
-    ap.add_argument("--train-dir", required=True, type=Path)
-    ap.add_argument("--weights-dir", required=True, type=Path, help="folder with IMDN_x{2,3,4}.pth")
-    ap.add_argument("--out", type=Path, default=REPO / "results" / "reference" / "imdn-w4a4.md")
-    ap.add_argument("--scales", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--datasets", nargs="+", default=["Set5", "Set14"])
+    add_imdn_args(ap, REPO / "results" / "reference" / "imdn-w4a4.md")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--pac-iters", type=int, default=250)
     ap.add_argument("--dqc-iters", type=int, default=300)
     ap.add_argument("--dqc-batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP contention on a shared CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
 

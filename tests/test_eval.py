@@ -130,6 +130,16 @@ def test_bench_eval_json_on_the_sample_set(tmp_path, capsys):
     assert record["psnr"] == pytest.approx(np.mean([r["psnr"] for r in record["per_image"]]), abs=1e-9)
     assert record["dataset"] == "sample" and record["scale"] == 4
     assert record["tiled"] == {"tile": 40, "overlap": 10}
+    assert record["weights"] == "random"
+
+
+def test_bench_eval_json_names_the_shipped_default_weights(tmp_path, capsys):
+    from models.fetch import shipped_weights_path
+    code = main(["eval", "--model", "swinir-light", "--scale", "4", "--dataset", "sample", "--data-root",
+                 str(tmp_path), "--device", "cpu", "--no-lpips", "--json"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["weights"] == str(shipped_weights_path("swinir-light", 4))
 
 
 def _one_error_line(capsys) -> str:

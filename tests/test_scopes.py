@@ -1,4 +1,4 @@
-"""Scopes and model surgery: exact quantizer counts on SwinIR-light (2dquant) and IMDN (ptq4sr), the FP model
+"""Scopes and model surgery: exact quantizer counts on SwinIR-light (2dquant) and IMDN (ptq4sr, fp-edges), the FP model
 left untouched, save/load round trip."""
 from __future__ import annotations
 
@@ -140,6 +140,29 @@ def test_ptq4sr_scope_on_swinir_wraps_convs_and_linears_but_no_bmm(swinir_random
     assert sum(isinstance(m, QuantLinear) for m in qmodel.modules()) == 96  # fused qkv not split
     assert not any(isinstance(m, QuantMatMul) for m in qmodel.modules())
     assert qmodel.get_submodule("conv_first").weight_quant.bits == 8
+
+
+def test_fp_edges_scope_on_imdn_leaves_first_and_last_conv_fp(imdn, tmp_path):
+    convs = [name for name, m in imdn.named_modules() if isinstance(m, nn.Conv2d)]
+    qmodel = quantize_model(imdn, QuantConfig(4, 4, scope="fp-edges"))
+    first, last = qmodel.get_submodule(convs[0]), qmodel.get_submodule(convs[-1])
+    assert type(first) is nn.Conv2d and type(last) is nn.Conv2d  # not wrapped at all
+    quant_convs = [name for name, m in qmodel.named_modules() if isinstance(m, QuantConv2d)]
+    assert quant_convs == convs[1:-1] and len(quant_convs) == 44
+    assert len(quantizers(qmodel)) == 88
+    assert {q.bits for _, q in quantizers(qmodel)} == {4}
+    assert sum(m.weight.numel() for m in qmodel.modules() if isinstance(m, QuantConv2d)) == 683_520
+    # the scope is saved with the bounds and restored by name
+    calibrated, _ = quantize_with_method(imdn, create_method("minmax"), 4, 4,
+                                         CalibContext(calib_batch=torch.rand(2, 3, 16, 16)), scope="fp-edges")
+    loaded = load_quantized(save_quantized(calibrated, tmp_path / "q.pt", {}), imdn)
+    assert loaded.quant_scope == "fp-edges" and len(quantizers(loaded)) == 88
+
+
+def test_cli_scope_help_names_every_registered_scope():
+    from bench.cli.options import SCOPE_NAMES
+    from bench.quant.scopes import list_scopes
+    assert sorted(SCOPE_NAMES) == list_scopes()
 
 
 # ------------------------------------------------------------------------------------------- scope rules

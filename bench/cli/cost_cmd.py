@@ -5,6 +5,8 @@ import argparse
 
 from tabulate import tabulate
 
+from bench.cli.options import SCOPE_HELP
+
 
 def register(subparsers) -> None:
     cost = subparsers.add_parser("cost", help="theoretical cost of a model: parameters, compression, ops, speed-up",
@@ -14,7 +16,7 @@ def register(subparsers) -> None:
     cost.add_argument("--scale", type=int, required=True)
     cost.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2], help="W=A bit-widths (default 4 3 2)")
     cost.add_argument("--lr-size", type=int, default=128, help="LR input side for MAC counting (default 128)")
-    cost.add_argument("--scope", default="auto", help="quantization scope (default: the model's default)")
+    cost.add_argument("--scope", default="auto", help=SCOPE_HELP)
     cost.set_defaults(func=cost_command)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from bench.cli.options import add_quantization_args
 from bench.errors import ConfigError
 
 
@@ -44,17 +45,7 @@ def register(subparsers) -> None:
     q.add_argument("--quantized", type=Path, default=None, metavar="FILE",
                    help="calibrated quantization saved by `bench quantize --out`")
     q.add_argument("--method", default=None, help="calibrate with this PTQ method first (see `bench methods list`)")
-    q.add_argument("--bits", type=int, default=4, help="weight and activation bit-width for --method (default 4)")
-    q.add_argument("--w-bits", type=int, default=None, help="weight bit-width (overrides --bits)")
-    q.add_argument("--a-bits", type=int, default=None, help="activation bit-width (overrides --bits)")
-    q.add_argument("--scope", default="auto", help="quantization scope for --method (auto, 2dquant, ptq4sr)")
-    q.add_argument("--calib", type=Path, default=None, metavar="DIR",
-                   help="folder of HR training images for the calibration patches (never a test set)")
-    q.add_argument("--calib-n", type=int, default=32, help="number of LR calibration patches (default 32)")
-    q.add_argument("--calib-patch", type=int, default=64, help="LR patch size (default 64)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="method hyper-parameter (repeatable)")
+    add_quantization_args(q)
     p.set_defaults(func=run)
 
 
@@ -152,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
     for warning in caught:  # e.g. LPIPS weights missing: one line, not a Python warning with a source line
         print(f"bench: warning: {warning.message}", file=sys.stderr)
     if args.json:
-        record = {"model": args.model, "weights": args.weights, **result.to_dict()}
+        # The file actually loaded (explicit, fetch cache or shipped default); "random" for untrained models.
+        weights = getattr(model, "weights_source", args.weights)
+        record = {"model": args.model, "weights": weights, **result.to_dict()}
         if quant is not None:
             record["quantization"] = quant
         print(json.dumps(record, default=str))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.cli.options import add_quantization_args
 from bench.errors import ConfigError
 
 
@@ -19,18 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="registered model name (see `bench models list`)")
     p.add_argument("--scale", type=int, required=True)
     p.add_argument("--method", required=True, help="PTQ method (see `bench methods list`)")
-    p.add_argument("--bits", type=int, default=4, help="weight and activation bit-width (2..8)")
-    p.add_argument("--w-bits", type=int, default=None, help="weight bit-width (overrides --bits)")
-    p.add_argument("--a-bits", type=int, default=None, help="activation bit-width (overrides --bits)")
-    p.add_argument("--scope", default="auto", help="quantization scope: auto, 2dquant or ptq4sr")
+    add_quantization_args(p)
     p.add_argument("--per-channel-weights", action="store_true", help="per-output-channel weight bounds")
-    p.add_argument("--calib", type=Path, default=None, metavar="DIR",
-                   help="folder of HR training images for the calibration patches (never a test set)")
-    p.add_argument("--calib-n", type=int, default=32, help="number of LR calibration patches (default 32)")
-    p.add_argument("--calib-patch", type=int, default=64, help="LR patch size (default 64)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="method hyper-parameter (repeatable), e.g. p=1e-4")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="FP weights file (default: the model's default weights; 'random' for random init)")
     p.add_argument("--device", default="cpu")

@@ -11,6 +11,10 @@ Built-in scopes:
     and `*.attn.matmul_av` (softmax map tagged act_softmax, v); per-tensor; everything else FP.
   * `ptq4sr` (spec §4.4, native PTQ4SR): every Conv2d (per-output-channel weights) and Linear (per-tensor),
     the first and the last Conv2d in module order at 8 bits; no BMM.
+  * `fp-edges`: `ptq4sr` with the first and the last Conv2d left in full precision instead of 8 bits, the
+    body-only convention of most CNN SR quantization work (PAMS and its successors quantize the body and keep
+    the head and the tail FP). At W8A8 on IMDN x2 the 8-bit input of the last conv alone costs 0.16 dB
+    (results/reference/imdn-w8a8.md), so the two scopes answer different questions.
   * `auto`: the model's registry default (`quant_scopes[0]`) when the model is known, else `2dquant` if the
     model has MatMul modules, else `ptq4sr`.
 """
@@ -56,6 +60,8 @@ class Scope:
     rules: tuple[LayerRule, ...]
     # Bit-width forced on the first and last Conv2d of the model (weights and input), None = no exception.
     edge_conv_bits: int | None = None
+    # True = the first and last Conv2d of the model stay FP even where a rule matches them.
+    fp_edge_convs: bool = False
 
     def rule_for(self, path: str, module: nn.Module) -> LayerRule | None:
         for rule in self.rules:
@@ -68,6 +74,8 @@ SCOPES: dict[str, Scope] = {}
 
 
 def register_scope(scope: Scope) -> Scope:
+    if scope.fp_edge_convs and scope.edge_conv_bits is not None:
+        raise ValueError(f"scope {scope.name!r}: edge convs are either FP or at edge_conv_bits, not both")
     for rule in scope.rules:
         if rule.module_type not in MODULE_TYPES:
             raise ValueError(f"scope {scope.name!r}: unknown module type {rule.module_type!r}")
@@ -100,15 +108,26 @@ register_scope(Scope(
     ),
 ))
 
+# PTQ4SR's placement (spec 4.4): every conv (per-output-channel weights) and linear (per-tensor).
+_EVERY_CONV_AND_LINEAR = (
+    LayerRule("*", "Conv2d", per_channel=True),
+    LayerRule("*", "Linear"),
+)
+
 register_scope(Scope(
     name="ptq4sr",
     description="PTQ4SR native (spec 4.4): every Conv2d (per-channel weights) and Linear; first/last conv "
                 "8-bit; no BMM",
-    rules=(
-        LayerRule("*", "Conv2d", per_channel=True),
-        LayerRule("*", "Linear"),
-    ),
+    rules=_EVERY_CONV_AND_LINEAR,
     edge_conv_bits=8,
+))
+
+register_scope(Scope(
+    name="fp-edges",
+    description="ptq4sr with the first and last conv FP (body-only, PAMS-style): every other Conv2d "
+                "(per-channel weights) and Linear; no BMM",
+    rules=_EVERY_CONV_AND_LINEAR,
+    fp_edge_convs=True,
 ))
 
 

@@ -86,10 +86,12 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     qmodel = copy.deepcopy(model)
     scope = resolve_scope(qmodel, config.scope)
     targets = _plan(qmodel, scope)
+    edges = _edge_convs(qmodel) if scope.edge_conv_bits is not None or scope.fp_edge_convs else set()
+    if scope.fp_edge_convs:
+        targets = [t for t in targets if t[0] not in edges]
     if not targets:
         raise ConfigError(f"quantization scope {scope.name!r} matches no layer of {type(model).__name__}; "
                           f"choose another scope (--scope)")
-    edges = _edge_convs(qmodel) if scope.edge_conv_bits is not None else set()
     for p in qmodel.parameters():
         p.requires_grad_(False)
     for path, module, rule in targets:
