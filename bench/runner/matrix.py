@@ -44,6 +44,7 @@ import yaml
 
 from bench.errors import ConfigError
 from bench.quant.quantizer import MAX_BITS, MIN_BITS
+from bench.quant.scopes import AUTO, list_scopes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MATRIX_DIRS = (REPO_ROOT / "matrices", Path.cwd() / "matrices")
@@ -74,7 +75,7 @@ class ModelSpec:
     name: str
     scales: tuple[int, ...] | None  # None: the model's registered scales
     weights: str | None = None      # None = default weights; "random"; or a path template
-    scope: str = "auto"
+    scope: str = AUTO
 
 
 @dataclass(frozen=True)
@@ -300,9 +301,9 @@ def _parse_models(value: Any, check: _Checker, default_scales) -> tuple[ModelSpe
         if weights is not None and not isinstance(weights, str):
             check.fail(f"`{where}.weights` must be 'default', 'official', 'shipped', 'random' or a path, got {weights!r}")
         weights = None if weights in (None, "default") else weights
-        scope = item.get("scope", "auto")
-        if not isinstance(scope, str):
-            check.fail(f"`{where}.scope` must be a scope name, got {scope!r}")
+        scope = item.get("scope", AUTO)
+        if scope != AUTO and scope not in list_scopes():
+            check.fail(f"unknown scope {scope!r} in `{where}.scope`; use {AUTO} or one of: {', '.join(list_scopes())}")
         specs.append(ModelSpec(name, None if scales in (None, ALL) else scales, weights, scope))
     return tuple(specs)
 
