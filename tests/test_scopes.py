@@ -159,6 +159,12 @@ def test_fp_edges_scope_on_imdn_leaves_first_and_last_conv_fp(imdn, tmp_path):
     assert loaded.quant_scope == "fp-edges" and len(quantizers(loaded)) == 88
 
 
+def test_a_scope_with_an_impossible_edge_rule_is_refused():
+    from bench.quant.scopes import Scope, register_scope
+    with pytest.raises(ValueError, match="edge_convs must be None, 'fp' or a bit-width, got 1"):
+        register_scope(Scope("bad-edges", "", (), edge_convs=1))
+
+
 def test_cli_scope_help_names_every_registered_scope():
     from bench.cli.options import SCOPE_NAMES
     from bench.quant.scopes import list_scopes

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from bench.errors import ConfigError
-from bench.quant.quantizer import ACT, ACT_GELU, ACT_SOFTMAX
+from bench.quant.quantizer import ACT, ACT_GELU, ACT_SOFTMAX, MAX_BITS, MIN_BITS
 from models.layers import MatMul
 
 AUTO = "auto"
+FP = "fp"  # edge_convs value: leave the first and last conv unquantized
 
 # Module types a rule can name; MatMul is the project's generic BMM module.
 MODULE_TYPES: dict[str, type[nn.Module]] = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "MatMul": MatMul}
@@ -58,10 +59,9 @@ class Scope:
     name: str
     description: str
     rules: tuple[LayerRule, ...]
-    # Bit-width forced on the first and last Conv2d of the model (weights and input), None = no exception.
-    edge_conv_bits: int | None = None
-    # True = the first and last Conv2d of the model stay FP even where a rule matches them.
-    fp_edge_convs: bool = False
+    # The first and last Conv2d of the model: None = as the rules say, an int = that bit-width for their weights
+    # and input, FP = left unquantized even where a rule matches them.
+    edge_convs: int | str | None = None
 
     def rule_for(self, path: str, module: nn.Module) -> LayerRule | None:
         for rule in self.rules:
@@ -74,8 +74,9 @@ SCOPES: dict[str, Scope] = {}
 
 
 def register_scope(scope: Scope) -> Scope:
-    if scope.fp_edge_convs and scope.edge_conv_bits is not None:
-        raise ValueError(f"scope {scope.name!r}: edge convs are either FP or at edge_conv_bits, not both")
+    edges = scope.edge_convs
+    if not (edges is None or edges == FP or (isinstance(edges, int) and MIN_BITS <= edges <= MAX_BITS)):
+        raise ValueError(f"scope {scope.name!r}: edge_convs must be None, {FP!r} or a bit-width, got {edges!r}")
     for rule in scope.rules:
         if rule.module_type not in MODULE_TYPES:
             raise ValueError(f"scope {scope.name!r}: unknown module type {rule.module_type!r}")
@@ -119,7 +120,7 @@ register_scope(Scope(
     description="PTQ4SR native (spec 4.4): every Conv2d (per-channel weights) and Linear; first/last conv "
                 "8-bit; no BMM",
     rules=_EVERY_CONV_AND_LINEAR,
-    edge_conv_bits=8,
+    edge_convs=8,
 ))
 
 register_scope(Scope(
@@ -127,7 +128,7 @@ register_scope(Scope(
     description="ptq4sr with the first and last conv FP (body-only, PAMS-style): every other Conv2d "
                 "(per-channel weights) and Linear; no BMM",
     rules=_EVERY_CONV_AND_LINEAR,
-    fp_edge_convs=True,
+    edge_convs=FP,
 ))
 
 

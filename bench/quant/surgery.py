@@ -15,7 +15,7 @@ import torch.nn as nn
 from bench.errors import ConfigError
 from bench.quant.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear, QuantMatMul, SplitQuantLinear
 from bench.quant.quantizer import MAX_BITS, MIN_BITS, FakeQuantizer
-from bench.quant.scopes import AUTO, LayerRule, Scope, resolve_scope
+from bench.quant.scopes import AUTO, FP, LayerRule, Scope, resolve_scope
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     qmodel = copy.deepcopy(model)
     scope = resolve_scope(qmodel, config.scope)
     targets = _plan(qmodel, scope)
-    edges = _edge_convs(qmodel) if scope.edge_conv_bits is not None or scope.fp_edge_convs else set()
-    if scope.fp_edge_convs:
+    edges = _edge_convs(qmodel) if scope.edge_convs is not None else set()
+    if scope.edge_convs == FP:
         targets = [t for t in targets if t[0] not in edges]
     if not targets:
         raise ConfigError(f"quantization scope {scope.name!r} matches no layer of {type(model).__name__}; "
@@ -97,7 +97,7 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     for path, module, rule in targets:
         w_bits, a_bits = config.w_bits, config.a_bits
         if path in edges:
-            w_bits = a_bits = scope.edge_conv_bits
+            w_bits = a_bits = scope.edge_convs
         per_channel = bool(rule.per_channel) or config.per_channel_weights
         _set_submodule(qmodel, path, _wrap(module, rule, w_bits, a_bits, per_channel))
     qmodel.quant_config = config
