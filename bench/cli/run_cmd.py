@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from bench.threads import add_threads_arg, configure_threads
+
 
 def register(subparsers) -> None:
     run = subparsers.add_parser("run", help="run a benchmark matrix (resumable)",
@@ -30,9 +32,7 @@ def register(subparsers) -> None:
     run.add_argument("--force", action="store_true", help="recompute the selected cells even if already done")
     run.add_argument("--retry-errors", action="store_true", help="recompute cells whose last attempt failed")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    run.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="CPU threads for torch (default: torch's choice; 1 is fastest on small inputs or "
-                          "when other processes share the cores)")
+    add_threads_arg(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=run_command)
 
@@ -47,16 +47,11 @@ def _env_path(name: str) -> Path | None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from bench.errors import ConfigError
     from bench.runner.cells import parse_only
     from bench.runner.execute import RunOptions, run_matrix
     from bench.runner.matrix import load_matrix
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads {args.threads}: use a positive number of threads")
-        import torch
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     only = parse_only(args.only)
     matrix = load_matrix(args.matrix)
     options = RunOptions(
