@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from bench.errors import BenchError
+from bench.errors import BenchError, with_prefix
 from bench.runner import provenance, stages
 from bench.runner.baselines import BicubicUpsampler
 from bench.runner.cells import BICUBIC, FP, Cell
@@ -158,7 +158,7 @@ class _Executor:
                 if not cell.is_baseline:
                     self._calib_batch(cell.scale)
         except BenchError as exc:
-            raise type(exc)(f"{prefix}: {exc}") from None
+            raise with_prefix(exc, prefix) from None
 
     def _model(self, cell: Cell) -> nn.Module:
         key = (cell.model, cell.scale)
