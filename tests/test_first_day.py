@@ -3,8 +3,11 @@ honest run counts, and the first-day options shared by every command (issue 16).
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +95,93 @@ def test_a_wrong_checkpoint_in_a_matrix_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("bench: error: matrix m.yaml: ") and err.count("\n") == 1
     assert "Traceback" not in err and str(weights) in err
+
+
+# ------------------------------------------------------------------------ validation before side effects
+
+def _tiny_root(tmp_path: Path) -> Path:
+    """A data root holding Set5/HR with one 60x60 image and no LR folder."""
+    from PIL import Image
+    root = tmp_path / "data"
+    (root / "Set5" / "HR").mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (60, 60, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "Set5" / "HR" / "img.png")
+    return root
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--scale", "5"], "--scale 5: model imdn has no x5; its scales are 2, 3, 4 (see `bench models list`)"),
+    (["--scale", "2", "--method", "minmax", "--bits", "-4", "--calib", "CALIB"],
+     "--bits -4: use a bit-width from 2 to 8 (full precision is the model without --method)"),
+    (["--scale", "2", "--method", "minmax", "--w-bits", "9", "--calib", "CALIB"],
+     "--w-bits 9: use a bit-width from 2 to 8 (full precision is the model without --method)"),
+    (["--scale", "2", "--method", "nosuch", "--calib", "CALIB"],
+     "unknown method 'nosuch'; known methods: 2dquant, dobi, emmse, minmax, percentile, ptq4sr "
+     "(see `bench methods list`, or load your own with --plugin FILE.py)"),
+    (["--scale", "2", "--method", "minmax"],
+     "--method needs --calib DIR: a folder of HR training images for the calibration patches (never a test set)"),
+])
+def test_eval_validates_the_request_before_writing_lr_images(extra, message, tmp_path, capsys):
+    root = _tiny_root(tmp_path)
+    before = _tree(root)
+    args = [a.replace("CALIB", str(root / "Set5" / "HR")) for a in extra]
+    code = main(["eval", "--model", "imdn", "--dataset", "Set5", "--data-root", str(root), "--weights", "random",
+                 "--threads", "1", "--no-lpips", *args])
+    assert _tree(root) == before  # no LR_bicubic/X5 (or any other file) was written
+    assert (code, capsys.readouterr().err) == (2, f"bench: error: {message}\n")
+
+
+def test_quantize_names_the_bits_flag_before_drawing_patches(tmp_path, capsys):
+    root = _tiny_root(tmp_path)
+    code = main(["quantize", "--model", "imdn", "--scale", "2", "--weights", "random", "--method", "minmax",
+                 "--a-bits", "1", "--calib", str(root / "Set5" / "HR"), "--threads", "1", "--out", str(tmp_path / "q.pt")])
+    err = capsys.readouterr().err
+    assert (code, err) == (2, "bench: error: --a-bits 1: use a bit-width from 2 to 8 (full precision is the model "
+                              "without --method)\n")
+    assert not (tmp_path / "q.pt").exists()
+
+
+# ---------------------------------------------------------------------- --weights-dir and --threads
+
+@pytest.fixture
+def weights_folder(tmp_path) -> Path:
+    """A --weights-dir holding a (random) IMDN x2 checkpoint under its official file name, one folder down."""
+    torch.manual_seed(0)
+    folder = tmp_path / "weights"
+    (folder / "imdn").mkdir(parents=True)
+    torch.save(models.create_model("imdn", 2, weights="random").state_dict(), folder / "imdn" / "IMDN_x2.pth")
+    return folder
+
+
+def test_eval_finds_the_official_file_in_weights_dir(weights_folder, tmp_path, capsys):
+    root = _tiny_root(tmp_path)
+    base = ["eval", "--model", "imdn", "--scale", "2", "--dataset", "Set5", "--data-root", str(root),
+            "--weights-dir", str(weights_folder), "--threads", "1", "--no-lpips", "--json", "--device", "cpu"]
+    assert main(base) == 0
+    by_name = json.loads(capsys.readouterr().out)
+    assert main([*base, "--weights", "imdn/IMDN_x2.pth"]) == 0  # relative to --weights-dir
+    relative = json.loads(capsys.readouterr().out)
+    assert by_name["weights"] == relative["weights"] == str(weights_folder / "imdn" / "IMDN_x2.pth")
+    assert by_name["psnr"] == relative["psnr"]
+
+
+def test_quantize_accepts_weights_dir_and_threads(weights_folder, tmp_path, capsys):
+    root = _tiny_root(tmp_path)
+    out = tmp_path / "q.pt"
+    code = main(["quantize", "--model", "imdn", "--scale", "2", "--weights-dir", str(weights_folder), "--method",
+                 "minmax", "--bits", "8", "--calib", str(root / "Set5" / "HR"), "--calib-n", "2", "--calib-patch", "16",
+                 "--threads", "1", "--no-progress", "--out", str(out)])
+    assert code == 0 and torch.get_num_threads() == 1
+    meta = torch.load(out, weights_only=False)["meta"]
+    assert meta["weights"] == str(weights_folder / "imdn" / "IMDN_x2.pth")
+
+
+def test_models_list_shows_weights_found_in_weights_dir(weights_folder, capsys):
+    assert main(["models", "list", "--weights-dir", str(weights_folder), "--threads", "1"]) == 0
+    rows = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "in --weights-dir: imdn/IMDN_x2.pth" in rows["imdn", "x2"]
+    assert "in --weights-dir" not in rows["imdn", "x4"]

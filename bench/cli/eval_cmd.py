@@ -17,6 +17,7 @@ from tabulate import tabulate
 
 from bench.cli.options import add_quantization_args
 from bench.errors import ConfigError
+from bench.threads import add_threads_arg, configure_threads
 
 
 def register(subparsers) -> None:
@@ -30,9 +31,13 @@ def register(subparsers) -> None:
                    help="test set: Set5, Set14, B100, Urban100, Manga109, sample, or a folder name under the root")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="FP weights file (default: the model's default weights; 'random' for random init)")
+    p.add_argument("--weights-dir", type=Path, default=None, metavar="DIR",
+                   help="folder of checkpoints, as in `bench run`: a relative --weights is resolved against it, "
+                        "and without --weights the model's official file is found in it by name")
     p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                    help="test-set root in BasicSR layout (default: $BENCH_DATA_ROOT, else <repo>/datasets)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_threads_arg(p)
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--tile", type=int, default=None, metavar="N",
@@ -53,36 +58,47 @@ def register(subparsers) -> None:
 
 def _calibrated_model(fp_model, args: argparse.Namespace, device: str):
     # Written by other parts of the project (bench.quant, methods): imported only on this path.
-    import methods  # noqa: F401  (registers the built-in methods)
+    from bench.cli.progress import show_progress
+    from bench.cli.validate import bits_from_args, method_from_args
     from bench.data.calib import calibration_batch
     from bench.quant.pipeline import CalibContext, quantize_with_method
-    from methods.registry import get_method_class
 
-    if args.calib is None:
-        raise ConfigError("--method needs --calib DIR: a folder of HR training images for the calibration "
-                          "patches (never a test set)")
-    try:
-        cls = get_method_class(args.method)
-    except KeyError as exc:
-        raise ConfigError(str(exc)) from exc
-    method = cls(**cls.parse_params(args.method_param))
-    w_bits = args.w_bits if args.w_bits is not None else args.bits
-    a_bits = args.a_bits if args.a_bits is not None else args.bits
+    method = method_from_args(args.method, args.method_param)
+    w_bits, a_bits = bits_from_args(args)
     batch = calibration_batch(args.calib, args.scale, n=args.calib_n, patch=args.calib_patch, seed=args.seed)
     ctx = CalibContext(fp_model=fp_model, calib_batch=batch.to(device), train_dir=args.calib, val_batch=None,
-                       device=device, seed=args.seed, progress=not (args.no_progress or args.json))
+                       device=device, seed=args.seed, progress=show_progress(args.no_progress or args.json))
     qmodel, seconds = quantize_with_method(fp_model, method, w_bits, a_bits, ctx, scope=args.scope)
     info = {"method": method.describe(), "w_bits": w_bits, "a_bits": a_bits, "calibration_seconds": seconds}
     return qmodel, info
 
 
-def build_model(args: argparse.Namespace, device: str):
-    """(model to evaluate, description of its quantization or None)."""
-    from models import create_model
+def validate_request(args: argparse.Namespace) -> None:
+    """Model, scale, method, bits, scope and weights checked before any side effect (LR generation)."""
+    from bench.cli.validate import bits_from_args, check_model_scale, check_scope, method_from_args, resolve_weights_arg
 
     if args.quantized is not None and args.method is not None:
         raise ConfigError("give either --quantized FILE or --method NAME, not both")
-    fp_model = create_model(args.model, args.scale, weights=args.weights, device=device)
+    check_model_scale(args.model, args.scale)
+    if args.method is not None:
+        method_from_args(args.method, args.method_param)
+        bits_from_args(args)
+        check_scope(args.scope)
+        if args.calib is None:
+            raise ConfigError("--method needs --calib DIR: a folder of HR training images for the calibration "
+                              "patches (never a test set)")
+    if args.quantized is not None and not Path(args.quantized).is_file():
+        raise ConfigError(f"--quantized {args.quantized}: file not found; give a file written by `bench quantize --out`")
+    resolve_weights_arg(args.model, args.scale, args.weights, args.weights_dir)
+
+
+def build_model(args: argparse.Namespace, device: str):
+    """(model to evaluate, description of its quantization or None)."""
+    from bench.cli.validate import resolve_weights_arg
+    from models import create_model
+
+    weights = resolve_weights_arg(args.model, args.scale, args.weights, args.weights_dir)
+    fp_model = create_model(args.model, args.scale, weights=weights, device=device)
     if args.quantized is not None:
         from bench.quant.io import load_quantized
         qmodel = load_quantized(args.quantized, fp_model).to(device).eval()
@@ -132,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
     from bench.data.dataset import load_dataset
     from bench.evaluate import evaluate
 
+    configure_threads(args.threads)
     device = _check_device(args.device)
+    validate_request(args)  # before load_dataset, which may write a missing LR folder
     dataset = load_dataset(args.dataset, args.scale, data_root=args.data_root,
                            generate_lr=not args.no_generate_lr)
     model, quant = build_model(args, device)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench.cli.options import add_quantization_args
 from bench.errors import ConfigError
+from bench.threads import add_threads_arg, configure_threads
 
 
 def register(subparsers) -> None:
@@ -24,41 +25,42 @@ def register(subparsers) -> None:
     p.add_argument("--per-channel-weights", action="store_true", help="per-output-channel weight bounds")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="FP weights file (default: the model's default weights; 'random' for random init)")
+    p.add_argument("--weights-dir", type=Path, default=None, metavar="DIR",
+                   help="folder of checkpoints, as in `bench run`: a relative --weights is resolved against it, "
+                        "and without --weights the model's official file is found in it by name")
     p.add_argument("--device", default="cpu")
+    add_threads_arg(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the bounds")
     p.set_defaults(func=run)
 
 
-def _method(name: str, items: list[str]):
-    import methods  # noqa: F401  (registers the built-in methods)
-    from methods.registry import get_method_class
-
-    try:
-        cls = get_method_class(name)
-    except KeyError as exc:
-        raise ConfigError(str(exc)) from exc
-    return cls(**cls.parse_params(items))
-
-
 def run(args: argparse.Namespace) -> int:
+    from bench.cli.progress import show_progress
+    from bench.cli.validate import bits_from_args, check_model_scale, check_scope, method_from_args, resolve_weights_arg
     from bench.data.calib import calibration_batch
     from bench.quant import CalibContext, QuantConfig, quantize_with_method, quantizers, save_quantized
     from models import create_model
 
-    method = _method(args.method, args.method_param)
-    w_bits = args.w_bits if args.w_bits is not None else args.bits
-    a_bits = args.a_bits if args.a_bits is not None else args.bits
-    QuantConfig(w_bits, a_bits, args.scope)  # bad bit-widths fail before any work
+    # Everything the user typed is checked before the calibration patches are drawn (and cached).
+    configure_threads(args.threads)
+    check_model_scale(args.model, args.scale)
+    method = method_from_args(args.method, args.method_param)
+    w_bits, a_bits = bits_from_args(args)
+    check_scope(args.scope)
+    QuantConfig(w_bits, a_bits, args.scope)
     if args.calib is None:
         raise ConfigError("bench quantize needs --calib DIR: a folder of HR training images for calibration patches")
-    fp_model = create_model(args.model, args.scale, weights=args.weights, device=args.device)
+    weights = resolve_weights_arg(args.model, args.scale, args.weights, args.weights_dir)
+    fp_model = create_model(args.model, args.scale, weights=weights, device=args.device)
     batch = calibration_batch(args.calib, args.scale, n=args.calib_n, patch=args.calib_patch, seed=args.seed)
     ctx = CalibContext(fp_model=fp_model, calib_batch=batch.to(args.device), train_dir=args.calib,
-                       val_batch=None, device=args.device, seed=args.seed, progress=not args.no_progress)
+                       val_batch=None, device=args.device, seed=args.seed,
+                       progress=show_progress(args.no_progress))
     qmodel, seconds = quantize_with_method(fp_model, method, w_bits, a_bits, ctx, scope=args.scope,
                                            per_channel_weights=args.per_channel_weights)
-    meta = {"model": args.model, "scale": args.scale, "weights": args.weights, "method": method.describe(),
+    meta = {"model": args.model, "scale": args.scale, "weights": None if weights is None else str(weights),
+            "method": method.describe(),
             "calibration": {"train_dir": str(args.calib), "n": args.calib_n, "patch": args.calib_patch,
                             "seed": args.seed},
             "calibration_seconds": seconds}
