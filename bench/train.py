@@ -57,6 +57,7 @@ class TrainConfig:
     warmup: int = 0
     min_lr: float = 1e-7
     weight_decay: float = 0.0
+    loss: str = "l1"              # "l1" (RGB) | "l1-y" (luma only, for networks that only predict Y, e.g. FSRCNN)
     out_dir: Path = Path(".cache/train")
     ckpt_every: int = 100
     val_every: int = 500
@@ -80,6 +81,8 @@ class TrainConfig:
             raise ConfigError(f"--lr {self.lr} must be > 0")
         if self.schedule not in ("cosine", "multistep", "constant"):
             raise ConfigError(f"--schedule {self.schedule!r} is unknown; use cosine, multistep or constant")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"--loss {self.loss!r} is unknown; use {' or '.join(LOSSES)}")
         if self.resume is not None and self.init is not None:
             raise ConfigError("--resume and --init are exclusive: --resume continues a run, --init starts one")
 
@@ -88,7 +91,7 @@ class TrainConfig:
         keys = ("model", "scale", "iters", "batch", "patch", "lr", "schedule", "warmup", "min_lr",
                 "weight_decay", "seed")
         out = {k: getattr(self, k) for k in keys}
-        out.update(loss="l1", optimizer="adam(0.9,0.99)", augment="hflip,vflip,transpose",
+        out.update(loss=self.loss, optimizer="adam(0.9,0.99)", augment="hflip,vflip,transpose",
                    downscale="matlab-bicubic imresize")
         return out
 
@@ -243,6 +246,21 @@ class Validator:
         finally:
             model.train(was_training)
         return float(np.mean(values))
+
+
+# ------------------------------------------------------------------------------------------------ loss
+
+LOSSES = ("l1", "l1-y")
+# BT.601 luma of RGB in [0, 1] without the constant offset (it cancels in a difference); as bench.metrics.
+_Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
+
+
+def training_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """L1 on RGB, or on the luma that PSNR is measured on ("l1-y": a Y-only network's chroma is not its own)."""
+    if kind == "l1-y":
+        weights = sr.new_tensor(_Y_WEIGHTS).view(1, 3, 1, 1)
+        return F.l1_loss((sr * weights).sum(1), (hr * weights).sum(1))
+    return F.l1_loss(sr, hr)
 
 
 # ------------------------------------------------------------------------------------------ schedules
@@ -525,7 +543,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             lr_t, hr_t = batcher.next_batch()
             lr_t, hr_t = lr_t.to(device, non_blocking=True), hr_t.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = F.l1_loss(model(lr_t), hr_t)
+                loss = training_loss(model(lr_t), hr_t, cfg.loss)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -13,7 +13,8 @@ from models.fetch import resolve_weights
 from models.registry import MODEL_REGISTRY, get_entry, list_models, register_model
 
 # Importing a model module registers it.
-ARCHITECTURE_MODULES = ("models.imdn", "models.swinir", "models.carn", "models.rfdn", "models.rlfn", "models.bsrn")
+ARCHITECTURE_MODULES = ("models.imdn", "models.swinir", "models.carn", "models.rfdn", "models.rlfn", "models.bsrn",
+                        "models.fsrcnn")
 
 RANDOM = "random"
 DEFAULT = "default"  # same as None (matrix files spell it out)

@@ -7,6 +7,10 @@ Resolution order for `create_model(name, scale, weights=None)`:
   3. weights shipped with the project, `models/weights/<name>_x<scale>.safetensors` (trained by `bench train`),
   4. otherwise a CheckpointError saying where to put the file.
 
+A matrix's `weights:` value (and `--weights`/`--weights-dir`) is turned into that argument here too
+(`resolve_weights_spec`), so the runner knows no model and a new model with shipped weights needs only
+`models/` files: its module, its registration, and `models/weights/<name>_x<scale>.safetensors`.
+
 Downloads are one attempt with a short timeout (no retry loop: offline must fail at once), written to a temporary
 file in the destination folder, checked against the card's sha256 and only then renamed into place.
 """
@@ -28,6 +32,9 @@ DEFAULT_TIMEOUT_S = 15.0
 CHUNK = 1 << 20
 
 EXPLICIT, CACHED, SHIPPED = "explicit", "cached", "shipped"
+# `weights:` values of a matrix besides a path: the official checkpoint only, the project's shipped file only,
+# or an untrained network; omitted / "default" means `create_model`'s own default.
+OFFICIAL, RANDOM, DEFAULT = "official", "random", "default"
 
 
 # ------------------------------------------------------------------------------------------ locations
@@ -79,6 +86,80 @@ def resolve_weights(name: str, scale: int, weights: str | Path | None = None,
     raise CheckpointError(f"no weights for {name} x{scale}: run `bench models fetch {name} --scale {scale}` or "
                           f"download {card.url} by hand to {cached_weights_path(card, cache)} "
                           f"(or pass a weights path)")
+
+
+# ----------------------------------------------------------------------------- matrix `weights:` values
+
+def resolve_weights_spec(name: str, scale: int, spec: str | None, weights_dir: str | Path | None = None,
+                         cache: str | Path | None = None) -> str | Path | None:
+    """The `weights` argument of `create_model` for a matrix's `weights:` value.
+
+      * None / "default": the official file (the card's name) found anywhere under `weights_dir`, else None
+        (`create_model`'s own default: fetch cache, then the project's shipped weights);
+      * "official": the official checkpoint only (under `weights_dir` or in the fetch cache), never the
+        project's own trained weights: what a paper-reproduction matrix needs;
+      * "shipped": the project's own trained weights (`models/weights/<name>_x<scale>.safetensors`) only;
+      * "random", or a path (may contain `{scale}`; relative paths are taken under `weights_dir`).
+    Raises CheckpointError naming the fix when "official" or "shipped" is missing.
+    """
+    if spec == RANDOM:
+        return RANDOM
+    if spec == SHIPPED:
+        return _shipped_file(name, scale)
+    if spec in (None, DEFAULT, OFFICIAL):
+        found = official_file_in(weights_dir, name, scale) if weights_dir is not None else None
+        if found is not None or spec != OFFICIAL:
+            return found
+        return _official_in_cache(name, scale, cache)
+    path = Path(str(spec).format(scale=scale))
+    if not path.is_absolute() and weights_dir is not None:
+        path = Path(weights_dir) / path
+    return path
+
+
+def weights_file_for_spec(name: str, scale: int, spec: str | None, weights_dir: str | Path | None = None,
+                          cache: str | Path | None = None) -> Path | None:
+    """The file `create_model` will load for a `weights:` value, or None (random init, or nothing on disk)."""
+    try:
+        resolved = resolve_weights_spec(name, scale, spec, weights_dir, cache)
+    except CheckpointError:
+        return None
+    if isinstance(resolved, str) and resolved == RANDOM:
+        return None
+    if resolved is None:
+        found = find_default_weights(name, scale, cache)
+        return found.path if found is not None else None
+    return Path(resolved) if Path(resolved).is_file() else None
+
+
+def official_file_in(weights_dir: str | Path, name: str, scale: int) -> Path | None:
+    """The official checkpoint of (name, scale), by its card's file name, anywhere under `weights_dir`."""
+    card = get_card(name, scale)
+    if card is None or not Path(weights_dir).is_dir():
+        return None
+    matches = sorted(Path(weights_dir).rglob(card.file))
+    return matches[0] if matches else None
+
+
+def _shipped_file(name: str, scale: int) -> Path:
+    path = shipped_weights_path(name, scale)
+    if not path.is_file():
+        raise CheckpointError(f"the project's {name} x{scale} weights {path} are missing (not trained or not "
+                              f"exported yet): train them with `bench train --model {name} --scale {scale} --train DIR "
+                              f"--export {path}`, or set `weights: official` / a path in the matrix")
+    return path
+
+
+def _official_in_cache(name: str, scale: int, cache: str | Path | None = None) -> Path:
+    card = get_card(name, scale)
+    if card is None:
+        raise CheckpointError(f"model {name} x{scale} has no official checkpoint card; give `weights:` a path "
+                              f"in the matrix")
+    path = cached_weights_path(card, cache)
+    if not path.is_file():
+        raise CheckpointError(f"the official {name} x{scale} checkpoint {card.file} is missing: run `bench models "
+                              f"fetch {name} --scale {scale}`, or put {card.file} under --weights-dir DIR")
+    return path
 
 
 def weights_status(name: str, scale: int, cache: str | Path | None = None) -> str:

@@ -1,6 +1,7 @@
 """Test-set loading (BasicSR layout), LR generation and caching, the sample set, and bad inputs."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from PIL import Image
 from bench.cli import main
 from bench.data.dataset import load_dataset
 from bench.data.imresize import imresize
-from bench.data.lr import modcrop
+from bench.data.io import list_images
+from bench.data.lr import cached_lr_dir, hr_content_key, modcrop
+from bench.data.paths import cache_dir
 from bench.errors import DataError
 
 
@@ -21,6 +24,20 @@ def _copy_set(src_root: Path, dst_root: Path, name: str = "Set5", scales=(2,)) -
     for s in scales:
         shutil.copytree(src_root / name / "LR_bicubic" / f"X{s}", dst_root / name / "LR_bicubic" / f"X{s}")
     return dst_root / name
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file and folder under `root` with its bytes: what "left unchanged" is checked against."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(root.rglob("*"))}
+
+
+def write_own_set(root: Path, name: str = "Mine") -> Path:
+    """A user's own set (two seeded 48x36 HR photos, no LR) in a writable data root; needs no shared data."""
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        (root / name / "HR").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(root / name / "HR" / f"im{i}.png")
+    return root / name
 
 
 # ------------------------------------------------------------------------------------------ real sets
@@ -47,29 +64,82 @@ def test_subset_gets_lr_generated_into_the_cache(benchmark_root, tmp_path, monke
     before = sorted(p.name for p in (benchmark_root / "Urban100").iterdir())
     ds = load_dataset("Urban100", 4, data_root=benchmark_root)
     assert (len(ds), ds.expected_count, ds.is_subset, ds.label) == (10, 100, True, "Urban100 (10/100)")
-    assert ds.lr_generated and ds.lr_dir == tmp_path / "cache" / "lr" / "Urban100" / "X4"
-    # The shared folder (r-x) is left untouched.
+    key = hr_content_key(list_images(benchmark_root / "Urban100" / "HR"))
+    assert ds.lr_generated and ds.lr_dir == tmp_path / "cache" / "lr" / f"Urban100-{key}" / "X4"
+    # The data root is left untouched, whatever its permissions (the cache is used in every case).
     assert sorted(p.name for p in (benchmark_root / "Urban100").iterdir()) == before
     pair = ds[0]
     hr_full = np.asarray(Image.open(benchmark_root / "Urban100" / "HR" / f"{pair.name}.png").convert("RGB"))
     assert np.array_equal(pair.lr, imresize(modcrop(hr_full, 4), 0.25))
 
 
-def test_lr_is_generated_into_a_writable_dataset_folder(benchmark_root, tmp_path):
-    set_dir = _copy_set(benchmark_root, tmp_path, "Set5", scales=())
-    ds = load_dataset("Set5", 2, data_root=tmp_path)
-    assert ds.lr_generated and ds.lr_dir == set_dir / "LR_bicubic" / "X2"
-    assert sorted(p.name for p in ds.lr_dir.glob("*.png")) == [f"{n}x2.png" for n in
-                                                               ("baby", "bird", "butterfly", "head", "woman")]
+def test_writable_data_root_is_not_written_unless_write_lr(benchmark_root, tmp_path):
+    root = tmp_path / "root"
+    set_dir = _copy_set(benchmark_root, root, "Set5", scales=())
+    before = snapshot(root)
+    ds = load_dataset("Set5", 2, data_root=root)
+    assert ds.lr_generated and ds.lr_dir == cached_lr_dir("Set5", list_images(set_dir / "HR"), 2)
+    assert ds.lr_dir.is_relative_to(cache_dir()) and snapshot(root) == before
+    names = [f"{n}x2.png" for n in ("baby", "bird", "butterfly", "head", "woman")]
+    assert sorted(p.name for p in ds.lr_dir.glob("*.png")) == names
     # Generated with the MATLAB-exact bicubic: identical to the official Set5 LR.
     official = np.asarray(Image.open(benchmark_root / "Set5" / "LR_bicubic" / "X2" / "birdx2.png").convert("RGB"))
     assert np.array_equal(ds[1].lr, official)
+    # Asked for, the LR goes into the set's own folder, with the GENERATED marker.
+    in_place = load_dataset("Set5", 2, data_root=root, write_lr=True)
+    assert in_place.lr_dir == set_dir / "LR_bicubic" / "X2" and (in_place.lr_dir / "GENERATED").is_file()
+    assert sorted(p.name for p in in_place.lr_dir.glob("*.png")) == names
+    assert np.array_equal(in_place[1].lr, official)
+
+
+def test_a_run_over_a_writable_root_leaves_it_byte_for_byte_unchanged(tmp_path, capsys):
+    root = tmp_path / "root"
+    write_own_set(root)
+    before = snapshot(root)
+    for dataset in ("Mine", "sample"):  # a user's set without LR, and the embedded set (written on first use)
+        args = ["eval", "--model", "fsrcnn", "--weights", "random", "--scale", "2", "--dataset", dataset,
+                "--data-root", str(root), "--device", "cpu", "--no-lpips", "--json", "--threads", "1"]
+        assert main(args) == 0
+        assert json.loads(capsys.readouterr().out)["dataset"] == dataset
+    assert snapshot(root) == before
+    lr_dir = cached_lr_dir("Mine", list_images(root / "Mine" / "HR"), 2)
+    assert sorted(p.name for p in lr_dir.glob("*.png")) == ["im0x2.png", "im1x2.png"]
+    assert (cache_dir() / "sample" / "HR" / "astronaut.png").is_file()
+
+
+def test_generated_lr_is_keyed_by_hr_content(tmp_path):
+    set_dir = write_own_set(tmp_path)
+    first = load_dataset("Mine", 2, data_root=tmp_path)
+    hr = set_dir / "HR" / "im1.png"
+    Image.fromarray(255 - np.asarray(Image.open(hr))).save(hr)  # same name, other pixels
+    second = load_dataset("Mine", 2, data_root=tmp_path)
+    assert first.lr_dir != second.lr_dir and first.lr_dir.parent.name.startswith("Mine-")
+    assert np.array_equal(second[1].lr, imresize(np.asarray(Image.open(hr)), 0.5))
+    assert load_dataset("Mine", 2, data_root=tmp_path).lr_dir == second.lr_dir  # reused, not regenerated
+
+
+def test_write_lr_into_a_read_only_folder_names_it(tmp_path, monkeypatch):
+    set_dir = write_own_set(tmp_path)
+    set_dir.chmod(0o555)
+    try:
+        with pytest.raises(DataError) as err:
+            load_dataset("Mine", 2, data_root=tmp_path, write_lr=True)
+        assert str(err.value) == (f"--write-lr: cannot write the generated LR into {set_dir / 'LR_bicubic' / 'X2'} "
+                                  "(read-only); drop --write-lr (and BENCH_WRITE_LR) to have it generated into the "
+                                  "cache instead")
+        monkeypatch.setenv("BENCH_WRITE_LR", "1")  # the config key means the same
+        with pytest.raises(DataError, match="--write-lr: cannot write"):
+            load_dataset("Mine", 2, data_root=tmp_path)
+    finally:
+        set_dir.chmod(0o755)
 
 
 def test_sample_set_is_materialised_offline(tmp_path):
     ds = load_dataset("sample", 3, data_root=tmp_path)
     assert [p.name for p in ds] == ["astronaut", "camera", "chelsea", "coffee", "rocket"]
-    assert ds.root == tmp_path / "sample" and not ds.is_subset and ds.expected_count == 5
+    # Written into the cache, not into the data root.
+    assert ds.root == cache_dir() / "sample" and not ds.is_subset and ds.expected_count == 5
+    assert not (tmp_path / "sample").exists()
     pair = ds[1]
     assert pair.hr.shape == (240, 240, 3) and pair.lr.shape == (80, 80, 3)
     assert np.array_equal(pair.lr, imresize(pair.hr, 1 / 3))

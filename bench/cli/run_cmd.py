@@ -29,6 +29,9 @@ def register(subparsers) -> None:
                           "(default: $BENCH_CALIB_DIR)")
     run.add_argument("--out", type=Path, default=None, metavar="DIR",
                      help="run directory (default: results/<matrix name>)")
+    run.add_argument("--write-lr", action="store_true",
+                     help="write LR generated for sets without it into their own LR_bicubic/X<s> folder under the "
+                          "data root (default: the cache; same as BENCH_WRITE_LR=1)")
     run.add_argument("--force", action="store_true", help="recompute the selected cells even if already done")
     run.add_argument("--retry-errors", action="store_true", help="recompute cells whose last attempt failed")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -52,6 +55,9 @@ def run_command(args: argparse.Namespace) -> int:
     from bench.runner.matrix import load_matrix
 
     configure_threads(args.threads)
+    if args.write_lr:  # the data loader's config key, also seen by worker processes
+        from bench.data.dataset import WRITE_LR_ENV
+        os.environ[WRITE_LR_ENV] = "1"
     only = parse_only(args.only)
     matrix = load_matrix(args.matrix)
     options = RunOptions(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench.data.cards import DatasetCard, load_cards
 from bench.data.io import list_images
-from bench.data.lr import is_generated
+from bench.data.lr import cached_lr_root, is_generated
 from bench.data.paths import HR_DIR, LR_DIR, cache_dir
 from bench.data.sample import SAMPLE_NAME
 
@@ -45,7 +45,8 @@ def _lr_scales(name: str, set_dir: Path) -> tuple[list[int], list[int]]:
     official, generated = [], []
     for scale, folder in _scales_in(set_dir / LR_DIR):
         (generated if is_generated(folder) else official).append(scale)
-    for scale, _ in _scales_in(cache_dir() / "lr" / name):
+    # The cache folder of *these* HR images (keyed by their content), not of another folder with the same name.
+    for scale, _ in _scales_in(cached_lr_root(name, list_images(set_dir / HR_DIR))):
         if scale not in generated and scale not in official:
             generated.append(scale)
     return official, sorted(generated)

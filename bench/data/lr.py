@@ -3,9 +3,14 @@
 Used for sets that ship without LR (Urban100/Manga109 subsets, the sample set, a user's folder) and by
 `bench data make-lr`. A generated folder holds a GENERATED marker so `bench data check` can tell it from an
 official one.
+
+Generated LR of a test set goes to the cache, `$BENCH_CACHE/lr/<Set>-<key>/X<s>/`, never into the data root
+unless asked for (`write_lr`): the key is a digest of the HR files' names and bytes, so two folders with the
+same set name but other images never share LR, and an edited HR image gets fresh LR.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -13,9 +18,11 @@ import numpy as np
 
 from bench.data.imresize import imresize
 from bench.data.io import list_images, read_rgb, write_png
+from bench.data.paths import cache_dir, lr_folder_name
 from bench.errors import DataError
 
 GENERATED_MARKER = "GENERATED"
+CONTENT_KEY_CHARS = 12
 
 
 def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
@@ -61,6 +68,25 @@ def make_lr_folder(hr_dir: str | Path, scale: int, out_dir: str | Path) -> list[
     if not hr_paths:
         raise DataError(f"no images found in {hr_dir}; pass a folder of HR images (.png) with --hr")
     return generate_lr(hr_paths, scale, out_dir, overwrite=True)
+
+
+def hr_content_key(hr_paths: Iterable[Path]) -> str:
+    """Digest of the HR images (file names and bytes, in order): what generated LR depends on besides the scale."""
+    digest = hashlib.sha256()
+    for path in hr_paths:
+        digest.update(Path(path).name.encode() + b"\0")
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()[:CONTENT_KEY_CHARS]
+
+
+def cached_lr_root(set_name: str, hr_paths: Iterable[Path]) -> Path:
+    """The cache folder holding the generated LR of these HR images, one X<s> folder per scale."""
+    return cache_dir() / "lr" / f"{set_name}-{hr_content_key(hr_paths)}"
+
+
+def cached_lr_dir(set_name: str, hr_paths: Iterable[Path], scale: int) -> Path:
+    """Where the generated LR of these HR images at x`scale` is kept: the cache, keyed by their content."""
+    return cached_lr_root(set_name, hr_paths) / lr_folder_name(scale)
 
 
 def is_generated(lr_dir: Path) -> bool:

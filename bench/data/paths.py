@@ -32,11 +32,6 @@ def lr_folder_name(scale: int) -> str:
     return f"X{scale}"
 
 
-def cached_lr_dir(set_name: str, scale: int) -> Path:
-    """Where LR generated for a read-only data root goes."""
-    return cache_dir() / "lr" / set_name / lr_folder_name(scale)
-
-
 def _permission_allows_write(folder: Path) -> bool:
     # The permission bits are honoured even for root (who could write anyway): a folder marked r-x, like the
     # shared reference data, is meant to stay untouched.

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data.io import write_png
-from bench.data.paths import HR_DIR, cache_dir, is_writable_dir
+from bench.data.paths import HR_DIR, cache_dir
 
 SAMPLE_NAME = "sample"
 SAMPLE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket")
@@ -32,12 +32,13 @@ def _is_complete(set_dir: Path) -> bool:
 
 
 def sample_dir(data_root: Path) -> Path:
-    """The sample set's folder: `<data_root>/sample` if it is there or can be written, else the cache."""
+    """The sample set's folder: `<data_root>/sample` if it is already there, else the cache, where it is written
+    on first use (the data root is the user's and is never written)."""
     in_root, in_cache = data_root / SAMPLE_NAME, cache_dir() / SAMPLE_NAME
     for candidate in (in_root, in_cache):
         if _is_complete(candidate):
             return candidate
-    target = in_root if is_writable_dir(in_root / HR_DIR) else in_cache
+    target = in_cache
     for name in SAMPLE_PHOTOS:
         write_png(target / HR_DIR / f"{name}.png", sample_photo(name))
     return target

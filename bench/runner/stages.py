@@ -17,70 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.errors import BenchError
 from bench.runner.matrix import CalibrationSpec, DatasetSpec, ModelSpec
 
 # ------------------------------------------------------------------------------------------------ models
 
-OFFICIAL, SHIPPED = "official", "shipped"
-
-
 def resolve_weights(spec: ModelSpec, scale: int, weights_dir: Path | None) -> str | Path | None:
-    """The `weights` argument of `create_model` for a matrix entry.
-
-      * omitted/"default": the official file (the model card's name) found anywhere under `--weights-dir`,
-        else `create_model`'s own default (fetch cache, then the project's shipped weights);
-      * "official": the official checkpoint only (under `--weights-dir` or in the fetch cache), never the
-        project's own trained weights: what a paper-reproduction matrix needs;
-      * "shipped": the project's own trained weights (`models/weights/<name>_x<scale>.safetensors`) only;
-      * "random", or a path (may contain `{scale}`, relative to `--weights-dir`).
-    """
-    if spec.weights == "random":
-        return spec.weights
-    if spec.weights == SHIPPED:
-        return _shipped(spec.name, scale)
-    if spec.weights in (None, OFFICIAL):
-        found = _official_file_in(weights_dir, spec.name, scale) if weights_dir is not None else None
-        return found if found is not None or spec.weights is None else _official_in_cache(spec.name, scale)
-    path = Path(spec.weights.format(scale=scale))
-    if not path.is_absolute() and weights_dir is not None:
-        path = Path(weights_dir) / path
-    return path
-
-
-def _official_file_in(weights_dir: Path, name: str, scale: int) -> Path | None:
-    from models.cards import get_card
-    card = get_card(name, scale)
-    if card is None or not Path(weights_dir).is_dir():
-        return None
-    matches = sorted(Path(weights_dir).rglob(card.file))
-    return matches[0] if matches else None
-
-
-def _shipped(name: str, scale: int) -> Path:
-    from bench.errors import CheckpointError
-    from models.fetch import shipped_weights_path
-    path = shipped_weights_path(name, scale)
-    if not path.is_file():
-        raise CheckpointError(f"the project's {name} x{scale} weights {path} are missing (not trained or not "
-                              f"exported yet): train them with `bench train --model {name} --scale {scale} --train DIR "
-                              f"--export {path}`, or set `weights: official` / a path in the matrix")
-    return path
-
-
-def _official_in_cache(name: str, scale: int) -> Path:
-    from bench.errors import CheckpointError
-    from models.cards import get_card
-    from models.fetch import cached_weights_path
-    card = get_card(name, scale)
-    if card is None:
-        raise CheckpointError(f"model {name} x{scale} has no official checkpoint card; give `weights:` a path "
-                              f"in the matrix")
-    path = cached_weights_path(card)
-    if not path.is_file():
-        raise CheckpointError(f"the official {name} x{scale} checkpoint {card.file} is missing: run `bench models "
-                              f"fetch {name} --scale {scale}`, or put {card.file} under --weights-dir DIR")
-    return path
+    """The `weights` argument of `create_model` for a matrix entry (resolved by `models.fetch`: the runner
+    knows no model, and a model with shipped weights needs no runner change)."""
+    from models.fetch import resolve_weights_spec
+    return resolve_weights_spec(spec.name, scale, spec.weights, weights_dir)
 
 
 def build_model(spec: ModelSpec, scale: int, weights_dir: Path | None, device: torch.device) -> nn.Module:
@@ -94,17 +39,9 @@ def weights_identity(spec: ModelSpec, scale: int, weights_dir: Path | None) -> s
     """Digest of the weights file a matrix entry resolves to ("random" for random init, None if missing)."""
     if spec.weights == "random":
         return "random"
-    try:
-        path = resolve_weights(spec, scale, weights_dir)
-        if path is None:  # create_model's own default: the same lookup it will do
-            from models.fetch import find_default_weights
-            found = find_default_weights(spec.name, scale)
-            path = found.path if found is not None else None
-    except BenchError:
-        return None
-    if path is None or not Path(path).is_file():
-        return None
-    return _file_digest(Path(path))
+    from models.fetch import weights_file_for_spec
+    path = weights_file_for_spec(spec.name, scale, spec.weights, weights_dir)
+    return None if path is None else _file_digest(path)
 
 
 def _file_digest(path: Path) -> str:
