@@ -1,0 +1,244 @@
+"""ONNX export of a fake-quant model with QuantizeLinear/DequantizeLinear (QDQ) pairs from its calibrated bounds.
+
+Every FakeQuantizer becomes a QDQ pair on the same tensor (activations, SwinIR's attention-matmul operands, weights),
+so the graph computes what the fake-quant model computes, up to one difference of representation:
+
+    fake quant (spec §2.3):  v_q = s * round((clip(v, l, u) - l) / s) + l          grid l + k*s, k = 0..N
+    ONNX QDQ:                v_q = s * (clip(round(v / s) + z, 0, N) - z)           grid (k - z)*s, z an integer
+
+The bounds are real-valued, ONNX zero points are integers: z = round(-l / s), which moves the grid by less than
+half a step (|l + z*s| <= s/2). A range that does not contain 0 (l > 0 or u < 0) cannot be written with an
+in-range zero point; it is widened to [0, u] (or [l, 0]) with the step of that wider range. `integer_bounds` gives
+the bounds the ONNX graph effectively uses, so the cost of the rounding can be measured in PyTorch as well
+(`with_integer_bounds`).
+
+Weights are rounded once, from their FP values to the integer grid (the fake-quant weights themselves are on the
+other grid), and stored as integer initializers (uint8, 8 bits per weight whatever their bit-width: a b-bit weight
+is clipped to its grid's range, so it keeps at most 2^b codes) followed by DequantizeLinear; activations are
+quantized to uint8, so the export needs 8-bit activations (`ConfigError` otherwise). The FP32 model exports with the same function
+(no quantizers), for latency comparisons in one runtime.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from bench.errors import ConfigError
+from bench.quant.quantizer import _MIN_STEP, FakeQuantizer, levels
+from bench.quant.surgery import quantizers
+
+OPSET = 17
+ONNX_ACT_BITS = 8
+UINT8_MAX = 255
+INPUT_NAME, OUTPUT_NAME = "lr", "sr"
+
+
+# ------------------------------------------------------------------------------------------ integer grids
+
+@dataclass(frozen=True)
+class IntegerGrid:
+    """ONNX quantization parameters of one quantizer: float32 scale, integer zero point (per tensor or channel)."""
+    scale: torch.Tensor
+    zero_point: torch.Tensor      # int32, in 0..levels
+    levels: int                   # N = 2^b - 1 of the fake quantizer (the codes of a b-bit weight)
+    axis: int | None
+    widened: int                  # channels whose range did not contain 0 (widened to include it)
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(l', u') of the grid the ONNX graph uses: l' = -z*s, u' = (N - z)*s."""
+        lower = -self.zero_point.to(torch.float32) * self.scale
+        return lower, lower + self.levels * self.scale
+
+
+def integer_grid(quantizer: FakeQuantizer) -> IntegerGrid:
+    """z = round(-l/s) with the fake quantizer's step; ranges without 0 are widened to include it."""
+    n = levels(quantizer.bits)
+    lower, upper = quantizer.lower.detach().float(), quantizer.upper.detach().float()
+    positive, negative = lower > 0, upper < 0
+    lower = torch.where(positive, torch.zeros_like(lower), lower)
+    upper = torch.where(negative, torch.zeros_like(upper), upper)
+    scale = torch.clamp((upper - lower) / n, min=_MIN_STEP)
+    zero_point = torch.clamp(torch.round(-lower / scale), 0, n).to(torch.int32)
+    return IntegerGrid(scale, zero_point, n, quantizer.per_channel_axis, int((positive | negative).sum()))
+
+
+@torch.no_grad()
+def with_integer_bounds(qmodel: nn.Module) -> nn.Module:
+    """A copy of `qmodel` whose quantizers use the bounds of their ONNX integer grids (the rounding's cost)."""
+    model = copy.deepcopy(qmodel)
+    for _, q in quantizers(model):
+        if q.calibrated:
+            lower, upper = integer_grid(q).bounds()
+            q.lower.copy_(lower)
+            q.upper.copy_(upper)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ torch side
+
+class _QDQ(nn.Module):
+    """torch.fake_quantize_*_affine, which the TorchScript exporter writes as QuantizeLinear + DequantizeLinear."""
+
+    def __init__(self, grid: IntegerGrid) -> None:
+        super().__init__()
+        self.axis = grid.axis
+        self.register_buffer("scale", grid.scale.clone())
+        self.register_buffer("zero_point", grid.zero_point.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, UINT8_MAX)
+        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.axis, 0, UINT8_MAX)
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote: counts of QDQ nodes by role and the zero-point facts."""
+    path: str
+    nodes: dict[str, int] = field(default_factory=dict)
+    weight_qdq: int = 0
+    activation_qdq: int = 0
+    widened: list[str] = field(default_factory=list)   # quantizers whose range was widened to contain 0
+    max_grid_shift_steps: float = 0.0                    # max |l + z*s| / s over the quantizers (<= 0.5)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "nodes": self.nodes, "weight_qdq": self.weight_qdq,
+                "activation_qdq": self.activation_qdq, "widened": self.widened,
+                "max_grid_shift_steps": self.max_grid_shift_steps}
+
+
+def _check_exportable(qmodel: nn.Module) -> None:
+    for name, q in quantizers(qmodel):
+        if q.enabled and not q.calibrated:
+            raise ConfigError(f"quantizer {name} is not calibrated: calibrate the model with a method before exporting")
+        if q.enabled and not q.is_weight and q.bits != ONNX_ACT_BITS:
+            raise ConfigError(f"quantizer {name} has {q.bits}-bit activations; the ONNX export writes uint8 "
+                              f"activations: quantize with --a-bits 8 (weights may have fewer bits)")
+
+
+def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+@torch.no_grad()
+def onnx_ready_copy(qmodel: nn.Module, report: ExportReport) -> nn.Module:
+    """A copy with every enabled FakeQuantizer replaced by a QDQ module; b-bit weights pre-rounded to their grid."""
+    _check_exportable(qmodel)
+    model = copy.deepcopy(qmodel).cpu().eval()
+    owners = {f"{path}.weight_quant": m for path, m in model.named_modules()
+              if isinstance(getattr(m, "weight_quant", None), FakeQuantizer)}
+    for name, q in quantizers(model):
+        if not q.enabled:
+            _replace(model, name, nn.Identity())
+            continue
+        grid = integer_grid(q)
+        if q.is_weight:
+            owner = owners[name]
+            # Clipped to the integer grid's range, not rounded: rounding to the fake-quant grid first and then
+            # to the shifted ONNX grid would move every weight of a channel by the same shift (a coherent error,
+            # 0.6 dB on IMDN x2 W8A8); the QDQ rounds the FP weight once, to at most N codes.
+            lower, upper = grid.bounds()
+            owner.weight.data = torch.minimum(torch.maximum(owner.weight.detach(), q._broadcast(lower, owner.weight)),
+                                              q._broadcast(upper, owner.weight))
+            report.weight_qdq += 1
+        else:
+            report.activation_qdq += 1
+        if grid.widened:
+            report.widened.append(name)
+        lower, _ = q.lower.detach(), q.upper.detach()
+        shift = ((lower - grid.bounds()[0]).abs() / grid.scale)[lower <= 0]
+        if shift.numel():
+            report.max_grid_shift_steps = max(report.max_grid_shift_steps, float(shift.max()))
+        _replace(model, name, _QDQ(grid))
+    return model
+
+
+def _metadata(model: nn.Module, extra: dict | None) -> dict[str, str]:
+    meta = {"pad_multiple": str(int(getattr(model, "pad_multiple", 1) or 1)),
+            "pad_mode": str(getattr(model, "pad_mode", "flip_concat"))}
+    for key, value in (extra or {}).items():
+        meta[key] = value if isinstance(value, str) else json.dumps(value, default=str)
+    return meta
+
+
+def _torch_export(model: nn.Module, path: Path, sample_size: int, opset: int) -> None:
+    x = torch.rand(1, 3, sample_size, sample_size, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        # The TorchScript exporter: it writes fake_quantize_* as QDQ pairs and keeps H, W dynamic for SwinIR.
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {2: "h", 3: "w"}, OUTPUT_NAME: {2: "H", 3: "W"}})
+
+
+# ------------------------------------------------------------------------------------------ onnx side
+
+def _fold_weight_quantize(graph) -> int:
+    """QuantizeLinear(float initializer) -> the integer initializer it computes (so weights are stored as uint8)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    consumers = Counter(i for n in graph.node for i in n.input)
+    folded = []
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in inits or consumers[node.input[0]] != 1:
+            continue
+        w = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        zero_point = numpy_helper.to_array(inits[node.input[2]])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim:  # per channel: broadcast along `axis`
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), zero_point.astype(np.int32).reshape(shape)
+        else:
+            zp = zero_point.astype(np.int32)
+        q = np.clip(np.rint(w / scale) + zp, 0, UINT8_MAX).astype(zero_point.dtype)  # rint: half to even, as ONNX
+        graph.initializer.remove(inits[node.input[0]])
+        graph.initializer.append(numpy_helper.from_array(q, node.output[0]))
+        folded.append(node)
+    for node in folded:
+        graph.node.remove(node)
+    return len(folded)
+
+
+def _finish(path: Path, metadata: dict[str, str], fold: bool) -> dict[str, int]:
+    import onnx
+
+    model = onnx.load(str(path))
+    if fold:
+        _fold_weight_quantize(model.graph)
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return dict(Counter(n.op_type for n in model.graph.node))
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, sample_size: int = 32, opset: int = OPSET,
+                metadata: dict | None = None) -> ExportReport:
+    """Write `model` (a calibrated fake-quant model, or an FP one) as ONNX with dynamic H, W.
+
+    `sample_size`: side of the tracing input (a multiple of the model's pad_multiple: callers pad inputs).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = ExportReport(path=str(path))
+    quantized = bool(quantizers(model))
+    ready = onnx_ready_copy(model, report) if quantized else copy.deepcopy(model).cpu().eval()
+    multiple = int(getattr(model, "pad_multiple", 1) or 1)
+    sample_size = -(-sample_size // multiple) * multiple
+    _torch_export(ready, path, sample_size, opset)
+    meta = {"quantization": "qdq-uint8" if quantized else "fp32", "zero_point": "rounded", **(metadata or {})}
+    report.nodes = _finish(path, _metadata(model, meta), fold=quantized)
+    return report
