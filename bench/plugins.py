@@ -22,3 +22,8 @@ def load_plugin(path: str | Path) -> None:
     except Exception as exc:  # a plugin's own bug: report it with the file name
         raise ConfigError(f"plugin {path} failed to import: {type(exc).__name__}: {exc}") from exc
     _LOADED.add(path)
+
+
+def loaded_plugins() -> tuple[str, ...]:
+    """The plugin files imported so far (worker processes of a run import the same ones)."""
+    return tuple(sorted(str(path) for path in _LOADED))

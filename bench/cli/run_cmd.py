@@ -37,11 +37,28 @@ def register(subparsers) -> None:
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_threads_arg(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_executor_args(run)
     run.set_defaults(func=run_command)
 
     results = subparsers.add_parser("results", help="list benchmark runs and their cell counts")
     results.add_argument("--results-dir", type=Path, default=Path("results"))
     results.set_defaults(func=results_command)
+
+
+def _add_executor_args(run) -> None:
+    group = run.add_argument_group("where the work runs (README: Executors)")
+    group.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local: this machine (default); ray: Ray tasks on a cluster (--address) or on a Ray "
+                            "started here")
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="local: N worker processes (one GPU each when there are GPUs; default: this process "
+                            "alone); ray without --address: the CPUs of the Ray started here")
+    group.add_argument("--address", default=None, metavar="ADDR",
+                       help="ray: the cluster to submit to (auto, HOST:PORT or ray://HOST:PORT)")
+    group.add_argument("--gpus-per-task", type=float, default=None, metavar="G",
+                       help="ray: GPUs each task reserves (default: 1 if the cluster has GPUs, else 0; 0.5 shares one)")
+    group.add_argument("--plan", "--dry-run", dest="plan", action="store_true",
+                       help="print the cells, calibrations, what is done and the time estimate; run nothing")
 
 
 def _env_path(name: str) -> Path | None:
@@ -52,6 +69,7 @@ def _env_path(name: str) -> Path | None:
 def run_command(args: argparse.Namespace) -> int:
     from bench.runner.cells import parse_only
     from bench.runner.execute import RunOptions, run_matrix
+    from bench.runner.executors import ExecutorConfig
     from bench.runner.matrix import load_matrix
 
     configure_threads(args.threads)
@@ -66,7 +84,13 @@ def run_command(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         train_root=args.calib or _env_path("BENCH_CALIB_DIR"),
         device=args.device, force=args.force, retry_errors=args.retry_errors,
-        progress=not args.no_progress, only=only)
+        progress=not args.no_progress, only=only,
+        executor=ExecutorConfig(args.executor, args.workers, args.address, args.gpus_per_task, args.threads))
+    options.executor.check()
+    if args.plan:
+        from bench.runner.preview import format_preview, preview_run
+        print(format_preview(preview_run(matrix, options)))
+        return 0
     stats = run_matrix(matrix, options)
     for note in stats.skipped:
         print(f"skipped (not available): {note}")

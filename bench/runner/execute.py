@@ -1,36 +1,34 @@
-"""Run a matrix without ever losing or repeating work.
+"""Run a matrix without ever losing or repeating work: the driver.
 
-Order of work: cells are grouped by (model, scale), which shares one FP model, its MAC count and its FP
-latency; inside a group, by calibration key (method+params, bits), which shares one calibration. Calibrated
-quantizers are saved to the run's cache (atomically) so that a resumed run reloads them; every evaluated
-cell is appended to `records.jsonl` at once (bench.runner.records), so a kill loses at most the cell in
-progress. A cell whose latest record has the same fingerprint is skipped, unless `force`.
-A failing cell is recorded with status "error" and the matrix goes on; user errors found before any work
-(missing weights, data or calibration images) stop the run with one line naming the file and the fix.
+The pending cells are grouped into tasks (bench.runner.tasks: one calibration with the evaluations that use
+it, or the FP/bicubic baselines of a model) and handed to an executor (bench.runner.executors: this process,
+`--workers N` local processes, or a Ray cluster), which computes them with bench.runner.compute. The driver
+alone writes the run directory: every arriving cell is appended to `records.jsonl` at once
+(bench.runner.records, fsynced), a cell that arrives twice is written once, and calibrated quantizers are
+saved to the run's cache (atomically) so that a resumed run reloads them. A cell whose latest record has the
+same fingerprint is skipped, unless `force`. A failing cell is recorded with status "error" and the matrix
+goes on; user errors found before any work (missing weights, data or calibration images) stop the run with
+one line naming the file and the fix.
 """
 from __future__ import annotations
 
-import random
+import functools
 import time
-import traceback
 from dataclasses import dataclass, field
-from itertools import groupby
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
 from tqdm import tqdm
 
-from bench.errors import BenchError, with_prefix
+from bench.errors import BenchError
+from bench.plugins import loaded_plugins
 from bench.runner import provenance, stages
-from bench.runner.baselines import BicubicUpsampler
-from bench.runner.cells import BICUBIC, FP, Cell
-from bench.runner.latency import median_latency_ms
+from bench.runner.cells import BICUBIC, Cell
+from bench.runner.executors import ExecutorConfig, TaskFailed, open_executor
 from bench.runner.matrix import MatrixSpec
-from bench.runner.plan import make_plan
+from bench.runner.plan import Plan, make_plan
 from bench.runner.records import STATUS_ERROR, STATUS_OK, CellRecord, RecordStore
 from bench.runner.rundir import RunDir, RunLock, write_atomic
+from bench.runner.tasks import Calibrated, CellDone, RecordedTimes, Task, longest_first, make_tasks
 
 
 @dataclass
@@ -44,6 +42,7 @@ class RunOptions:
     retry_errors: bool = False         # recompute cells whose latest record is an error
     progress: bool = True
     only: dict[str, set[str]] = field(default_factory=dict)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where the tasks run
 
 
 @dataclass
@@ -65,23 +64,37 @@ class RunStats:
                 f"{self.calibrations_loaded} loaded from cache; {self.seconds:.1f} s")
 
 
+@dataclass
+class PendingWork:
+    """What a run would compute: the plan, every cell's fingerprint, and the cells not done yet."""
+    plan: Plan
+    fingerprints: dict[Cell, str]
+    pending: list[Cell]
+
+
+def pending_work(matrix: MatrixSpec, options: RunOptions, store: RecordStore, load_models: bool = True) -> PendingWork:
+    """`load_models=False` (bench run --plan) checks the availability of `all` entries by their files only."""
+    plan = make_plan(matrix, options.only, options.data_root, options.weights_dir, load_models=load_models)
+    fingerprints = _fingerprints(plan.cells, matrix, options.weights_dir)
+    latest = {} if options.force else store.latest()
+    pending = [c for c in plan.cells if not _finished(c, fingerprints[c], latest, options.retry_errors)]
+    return PendingWork(plan, fingerprints, pending)
+
+
 def run_matrix(matrix: MatrixSpec, options: RunOptions) -> RunStats:
     start = time.perf_counter()
+    options.executor.check()
     run = RunDir(Path(options.out))
     stats = RunStats(run.path)
     with RunLock(run):
-        plan = make_plan(matrix, options.only, options.data_root, options.weights_dir)
-        stats.skipped = plan.skipped
-        stats.total = len(plan.cells)
         store = RecordStore(run.path)
-        fingerprints = _fingerprints(plan.cells, matrix, options.weights_dir)
-        latest = {} if options.force else store.latest()
-        pending = [c for c in plan.cells if not _finished(c, fingerprints[c], latest, options.retry_errors)]
-        stats.already_done = stats.total - len(pending)
+        work = pending_work(matrix, options, store)
+        stats.skipped = work.plan.skipped
+        stats.total = len(work.plan.cells)
+        stats.already_done = stats.total - len(work.pending)
         _write_run_meta(run, matrix)
-        if pending:
-            executor = _Executor(matrix, options, run, store, stats, fingerprints)
-            executor.execute(pending)
+        if work.pending:
+            _Driver(matrix, options, run, store, stats, work.fingerprints).execute(work.pending)
     stats.seconds = time.perf_counter() - start
     return stats
 
@@ -115,17 +128,7 @@ def _write_run_meta(run: RunDir, matrix: MatrixSpec) -> None:
     write_atomic(run.matrix_copy, Path(matrix.path).read_bytes())
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
-class _Executor:
+class _Driver:
     def __init__(self, matrix: MatrixSpec, options: RunOptions, run: RunDir, store: RecordStore,
                  stats: RunStats, fingerprints: dict[Cell, str]) -> None:
         self.matrix = matrix
@@ -134,102 +137,122 @@ class _Executor:
         self.run = run
         self.store = store
         self.stats = stats
-        self.device = provenance.resolve_device(options.device)
-        self.models: dict[tuple, nn.Module] = {}
-        self.datasets: dict[tuple, object] = {}
-        self.calib_dir = stages.train_dir(matrix.calibration, options.train_root)
-        self.calib_batches: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self.provenance = {"device": provenance.describe_device(self.device),
-                           "torch_version": provenance.torch_version(),
-                           "git_commit": provenance.git_commit(), "seed": matrix.seed}
+        self.arrived: set[str] = set()  # keys written by this run: a cell that arrives twice is written once
         self.overall: tqdm | None = None
-        self._shown_tracebacks: set[int] = set()
+
+    def _settings(self, device: str | None, threads: int | None, progress: bool):
+        from bench.runner.compute import WorkerSettings
+        o = self.options
+        return WorkerSettings(self.matrix, self.run.name, o.data_root, o.weights_dir, o.train_root, device, threads,
+                              progress, loaded_plugins())
 
     # ------------------------------------------------------------------------------------- preflight
-    def _preflight(self, pending: list[Cell]) -> None:
+    def _preflight(self, pending: list[Cell], runner) -> None:
         """Load every model, dataset and calibration batch the pending cells need, before any work,
         so that a missing file stops the run at once with the loader's one-line message."""
         prefix = f"matrix {self.matrix.path.name}"
         try:
             for cell in pending:
                 if cell.method.name != BICUBIC:
-                    self._model(cell)
-                self._dataset(cell)
+                    runner.model(cell)
+                runner.dataset(cell)
                 if not cell.is_baseline:
-                    self._calib_batch(cell.scale)
+                    runner.calib_batch(cell.scale)
         except BenchError as exc:
-            raise with_prefix(exc, prefix) from None
-
-    def _model(self, cell: Cell) -> nn.Module:
-        key = (cell.model, cell.scale)
-        if key not in self.models:
-            self.models[key] = stages.build_model(cell.model, cell.scale, self.options.weights_dir, self.device)
-        return self.models[key]
-
-    def _dataset(self, cell: Cell):
-        key = (cell.dataset.name, cell.scale)
-        if key not in self.datasets:
-            self.datasets[key] = stages.load_data(cell.dataset, cell.scale, self.options.data_root)
-        return self.datasets[key]
-
-    def _calib_batch(self, scale: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(calibration patches, held-out patches or None) of this scale, shared by every method."""
-        if scale not in self.calib_batches:
-            calib = self.matrix.calibration
-            batch = stages.calibration_data(calib, scale, self.calib_dir)
-            val = stages.calibration_data(calib, scale, self.calib_dir, split="val") if calib.val else None
-            self.calib_batches[scale] = (batch, val)
-        return self.calib_batches[scale]
+            raise type(exc)(f"{prefix}: {exc}") from None
 
     # ------------------------------------------------------------------------------------- execution
     def execute(self, pending: list[Cell]) -> None:
-        self._preflight(pending)
+        from bench.runner.compute import release_runner, run_task, runner_for
+        config = self.options.executor
+        in_process = config.in_process
+        # In the driver's process the preflight runner is the one that computes (its models stay loaded);
+        # for other executors it only checks the files, on the CPU, and is dropped before the work starts.
+        preflight = self._settings(self.options.device if in_process else "cpu", None,
+                                   self.options.progress and in_process)
+        release_runner()  # nothing cached by an earlier run in this process (weights may have changed since)
+        runner = runner_for(preflight)
+        self._preflight(pending, runner)
+        if not in_process:
+            release_runner()
+        tasks = self._tasks(pending)
+        executor = open_executor(config, self.options.device)
+        try:
+            if in_process:
+                settings = preflight
+                runner.on_status = self._status
+            else:
+                settings = self._settings(executor.worker_device(self.options.device), executor.threads, False)
+                tasks = longest_first(tasks, RecordedTimes(self.store.read()))
+            self._consume(executor.run(tasks, functools.partial(run_task, settings)))
+        finally:
+            executor.close()
+            release_runner()
+
+    def _tasks(self, pending: list[Cell]) -> list[Task]:
+        """The pending cells as tasks; a calibration cached in the run directory travels with its task."""
+        tasks = []
+        for task in make_tasks(pending, self.fingerprints):
+            path = self.run.bounds_path(task.calib_key, task.fingerprints[0]) if task.calib_key else None
+            if path is not None and path.exists() and not self.options.force:
+                task = Task(task.kind, task.cells, task.fingerprints, path.read_bytes())
+            tasks.append(task)
+        return tasks
+
+    def _consume(self, arrivals) -> None:
         self.overall = tqdm(total=self.stats.total, initial=self.stats.already_done, desc="cells", unit="cell",
                             disable=not self.options.progress, dynamic_ncols=True)
         try:
-            for _, group in groupby(pending, key=lambda c: (c.model, c.scale)):
-                self._run_model_group(list(group))
+            for task, event in arrivals:
+                if isinstance(event, TaskFailed):
+                    self._task_failed(task, event)
+                elif isinstance(event, Calibrated):
+                    self._calibrated(event)
+                else:
+                    self._cell_done(event)
         finally:
             self.overall.close()
 
-    def _run_model_group(self, cells: list[Cell]) -> None:
-        group = _ModelGroup(self, cells[0])
-        for cell in (c for c in cells if c.is_baseline):
-            self._run_cell(cell, lambda c=cell: group.evaluate_baseline(c))
-        quantized = [c for c in cells if not c.is_baseline]
-        for _, calib_cells in groupby(quantized, key=lambda c: c.calib_key):
-            calib_cells = list(calib_cells)
-            try:
-                qmodel, calib = group.quantized(calib_cells[0])
-            except Exception as exc:  # noqa: BLE001 - a method's failure must not stop the matrix
-                for cell in calib_cells:
-                    self._record_error(cell, exc)
-                continue
-            for cell in calib_cells:
-                self._run_cell(cell, lambda c=cell, q=qmodel, k=calib: group.evaluate_quantized(c, q, k))
-
-    def _run_cell(self, cell: Cell, compute) -> None:
-        self._status(f"{cell.key}")
-        try:
-            record = compute()
-        except Exception as exc:  # noqa: BLE001 - recorded as an error cell; the matrix goes on
-            self._record_error(cell, exc)
+    def _calibrated(self, event: Calibrated) -> None:
+        if event.bounds is None:
+            self.stats.calibrations_loaded += 1
             return
+        write_atomic(self.run.bounds_path(event.calib_key, event.fingerprint), event.bounds)
+        self.stats.calibrations += 1
+
+    def _cell_done(self, done: CellDone) -> None:
+        record = done.record
+        if record.key in self.arrived:
+            return
+        for name, data in done.images.items():
+            write_atomic(self.run.images_dir(record.key) / name, data)
+        if done.images:
+            record.images_dir = str(self.run.images_dir(record.key).relative_to(self.run.path))
+        if record.status == STATUS_ERROR:
+            self._report_error(record, done.traceback)
         self._append(record)
 
-    def _record_error(self, cell: Cell, exc: BaseException) -> None:
-        record = self.base_record(cell)
-        record.status, record.error = STATUS_ERROR, _one_line(exc)
-        tqdm.write(f"bench: cell {cell.key} failed: {record.error}")
-        if not isinstance(exc, BenchError) and id(exc) not in self._shown_tracebacks:
-            self._shown_tracebacks.add(id(exc))  # a failed calibration fails several cells: show it once
-            tqdm.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)).rstrip())
+    def _task_failed(self, task: Task, failure: TaskFailed) -> None:
+        """Every cell of a task that produced nothing becomes an error cell (`--retry-errors` retries it)."""
+        from bench.runner.compute import base_record
+        for cell, fingerprint in zip(task.cells, task.fingerprints):
+            if cell.key in self.arrived:
+                continue
+            record = base_record(cell, fingerprint, self.run.name, self.options.weights_dir)
+            record.status, record.error = STATUS_ERROR, f"task {task.name} failed: {failure.reason}"
+            self._report_error(record, None)
+            self._append(record)
+
+    def _report_error(self, record: CellRecord, trace: str | None) -> None:
+        tqdm.write(f"bench: cell {record.key} failed: {record.error}")
+        if trace:
+            tqdm.write(trace)
         self.stats.errors += 1
-        self._append(record)
 
     def _append(self, record: CellRecord) -> None:
         record.timestamp = provenance.timestamp()
         self.store.append(record)
+        self.arrived.add(record.key)
         self.stats.computed += 1
         self.stats.computed_keys.append(record.key)
         self.overall.update(1)
@@ -237,131 +260,3 @@ class _Executor:
     def _status(self, text: str) -> None:
         if self.overall is not None:
             self.overall.set_postfix_str(text, refresh=True)
-
-    def stage_bar(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, desc=desc, unit="img", leave=False, position=1,
-                    disable=not self.options.progress, dynamic_ncols=True)
-
-    def base_record(self, cell: Cell) -> CellRecord:
-        return CellRecord(
-            key=cell.key, fingerprint=self.fingerprints[cell], run=self.run.name, model=cell.model.name,
-            scale=cell.scale, method=cell.method.name, label=cell.method.label,
-            method_params=cell.method.params,
-            w_bits=cell.bits.w if cell.bits else None, a_bits=cell.bits.a if cell.bits else None,
-            dataset=cell.dataset.name, dataset_label=cell.dataset.label, crop=cell.dataset.crop,
-            weights=None if cell.method.name == BICUBIC else
-            stages.describe_weights(cell.model, cell.scale, self.options.weights_dir),
-            **self.provenance)
-
-
-@dataclass
-class _Calibration:
-    seconds: float
-    cached: bool
-    description: dict
-    cost: object           # bench.cost.CostReport
-    latency_ms: float | None
-
-
-class _ModelGroup:
-    """Shared state of the cells of one (model, scale): FP model, MAC counts, FP latency."""
-
-    def __init__(self, executor: _Executor, cell: Cell) -> None:
-        self.ex = executor
-        self.matrix = executor.matrix
-        self.cell, self.spec, self.scale = cell, cell.model, cell.scale
-        self._layers = None
-        self._fp_latency: float | None | bool = False  # False: not measured yet
-
-    # ---- shared, computed on first use
-    @property
-    def fp_model(self) -> nn.Module:
-        return self.ex._model(self.cell)  # built once by the executor (bicubic-only groups never build it)
-
-    def layers(self):
-        if self._layers is None:
-            from bench.cost import count_layer_macs
-            size = self.matrix.cost.lr_size
-            self._layers = count_layer_macs(self.fp_model, (size, size))
-        return self._layers
-
-    def cost(self, qmodel: nn.Module | None):
-        from bench.cost import analyze
-        size = self.matrix.cost.lr_size
-        return analyze(self.fp_model, self.spec.name, self.scale, qmodel, (size, size), self.layers())
-
-    def fp_latency(self) -> float | None:
-        if self._fp_latency is False:
-            lat = self.matrix.latency
-            self._fp_latency = median_latency_ms(self.fp_model, lat.lr_size, lat.runs, self.ex.device,
-                                                 seed=self.matrix.seed)
-        return self._fp_latency
-
-    # ---- evaluation
-    def _evaluate(self, model: nn.Module, cell: Cell, record: CellRecord) -> None:
-        base = self.ex._dataset(cell)
-        bar = self.ex.stage_bar(0, f"eval {cell.method.label} {cell.bits_label} {cell.dataset.label}")
-        view = stages.dataset_view(base, cell.dataset, cell.scale, on_item=lambda: bar.update(1))
-        bar.reset(total=len(view))
-        save_dir = self.ex.run.images_dir(cell.key) if self.matrix.save_images else None
-        try:
-            outcome = stages.evaluate_on(model, view, cell.scale, self.ex.device, self.matrix.eval.lpips, save_dir)
-        finally:
-            bar.close()
-        record.images, record.expected_images, record.is_subset = len(view), view.expected_count, view.is_subset
-        record.psnr, record.ssim, record.lpips = outcome.psnr, outcome.ssim, outcome.lpips
-        record.per_image, record.eval_seconds = outcome.per_image, outcome.seconds
-        if save_dir is not None:
-            record.images_dir = str(save_dir.relative_to(self.ex.run.path))
-
-    def _fill_cost(self, record: CellRecord, cost) -> None:
-        for name, value in cost.summary().items():
-            if hasattr(record, name):
-                setattr(record, name, value)
-
-    def _fill_latency(self, record: CellRecord, latency_ms: float | None, kind: str) -> None:
-        lat = self.matrix.latency
-        record.latency_fp_ms = self.fp_latency()
-        record.latency_ms, record.latency_kind = latency_ms, kind
-        record.latency_runs, record.latency_lr_size = lat.runs, lat.lr_size
-
-    def evaluate_baseline(self, cell: Cell) -> CellRecord:
-        record = self.ex.base_record(cell)
-        if cell.method.name == FP:
-            self._evaluate(self.fp_model, cell, record)
-            self._fill_cost(record, self.cost(None))
-            self._fill_latency(record, self.fp_latency(), "fp")
-        else:
-            self._evaluate(BicubicUpsampler(cell.scale), cell, record)
-        return record
-
-    def quantized(self, cell: Cell) -> tuple[nn.Module, _Calibration]:
-        """The calibrated model of this calibration key: from the run's cache, else calibrated now."""
-        path = self.ex.run.bounds_path(cell.calib_key, self.ex.fingerprints[cell])
-        self.ex._status(f"calibrating {cell.calib_key}")
-        if path.exists() and not self.ex.options.force:
-            qmodel, meta = stages.load_bounds(path, self.fp_model)
-            seconds, cached, description = meta.get("calib_seconds"), True, meta.get("method_description", {})
-            self.ex.stats.calibrations_loaded += 1
-        else:
-            _seed_everything(self.matrix.seed)
-            batch, val = self.ex._calib_batch(cell.scale)
-            qmodel, seconds, description = stages.calibrate(
-                self.fp_model, cell.method.name, cell.method.params, cell.bits.w, cell.bits.a, batch, val,
-                self.ex.calib_dir, self.ex.device, cell.model.scope, self.matrix.seed, self.ex.options.progress)
-            stages.save_bounds(qmodel, path, {"calib_key": cell.calib_key, "calib_seconds": seconds,
-                                              "method_description": description})
-            cached = False
-            self.ex.stats.calibrations += 1
-        lat = self.matrix.latency
-        latency = median_latency_ms(qmodel, lat.lr_size, lat.runs, self.ex.device, seed=self.matrix.seed)
-        return qmodel, _Calibration(seconds, cached, description, self.cost(qmodel), latency)
-
-    def evaluate_quantized(self, cell: Cell, qmodel: nn.Module, calib: _Calibration) -> CellRecord:
-        record = self.ex.base_record(cell)
-        self._evaluate(qmodel, cell, record)
-        self._fill_cost(record, calib.cost)
-        self._fill_latency(record, calib.latency_ms, "fake-quant")
-        record.calib_seconds, record.calib_cached = calib.seconds, calib.cached
-        record.method_description = calib.description
-        return record

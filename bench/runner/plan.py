@@ -58,7 +58,9 @@ def _methods(matrix: MatrixSpec) -> list[MethodSpec]:
 
 
 def make_plan(matrix: MatrixSpec, only: dict[str, set[str]], data_root: Path | None,
-              weights_dir: Path | None) -> Plan:
+              weights_dir: Path | None, load_models: bool = True) -> Plan:
+    """`load_models=False` (`bench run --plan`) judges the availability of `all` entries by their files alone
+    (weights file present, HR images present) instead of building each model and loading each test set."""
     models = [(m, s) for m in _models(matrix) for s in _model_scales(m, matrix)]
     cells = select_cells(expand_cells(models, _datasets(matrix), _methods(matrix), matrix.baselines, matrix.bits),
                          only)
@@ -66,22 +68,25 @@ def make_plan(matrix: MatrixSpec, only: dict[str, set[str]], data_root: Path | N
     # Availability is checked only for what `--only` kept: slicing a huge matrix stays quick.
     if matrix.models == ALL:
         available = set(_available_models(list(dict.fromkeys((c.model, c.scale) for c in cells)), weights_dir,
-                                          skipped))
+                                          skipped, load_models))
         cells = [c for c in cells if (c.model, c.scale) in available]
     if matrix.datasets == ALL:
-        cells = _with_available_data(cells, data_root, skipped)
+        cells = _with_available_data(cells, data_root, skipped, load_models)
     return Plan(cells, skipped)
 
 
 def _available_models(models: list[tuple[ModelSpec, int]], weights_dir: Path | None,
-                      skipped: list[str]) -> list[tuple[ModelSpec, int]]:
+                      skipped: list[str], load: bool = True) -> list[tuple[ModelSpec, int]]:
     import torch
 
     from bench.runner.stages import build_model
     available = []
     for spec, scale in models:
         try:
-            build_model(spec, scale, weights_dir, torch.device("cpu"))
+            if load:
+                build_model(spec, scale, weights_dir, torch.device("cpu"))
+            else:
+                _check_weights_file(spec, scale, weights_dir)
         except BenchError as exc:
             skipped.append(f"{spec.name} x{scale}: {exc}")
             continue
@@ -89,14 +94,42 @@ def _available_models(models: list[tuple[ModelSpec, int]], weights_dir: Path | N
     return available
 
 
-def _with_available_data(cells: list[Cell], data_root: Path | None, skipped: list[str]) -> list[Cell]:
+def _check_weights_file(spec: ModelSpec, scale: int, weights_dir: Path | None) -> None:
+    """The weights file a matrix entry resolves to exists (CheckpointError naming the fix otherwise)."""
+    from bench.errors import CheckpointError
+    from bench.runner.stages import resolve_weights
+    from models.fetch import resolve_weights as default_weights
+    weights = resolve_weights(spec, scale, weights_dir)
+    if isinstance(weights, str) and weights == "random":
+        return
+    if weights is None:
+        default_weights(spec.name, scale)
+    elif not Path(weights).is_file():
+        raise CheckpointError(f"weights file {weights} does not exist; fix `weights:` in the matrix or --weights-dir")
+
+
+def _check_hr_images(name: str, data_root: Path | None) -> None:
+    from bench.data.dataset import dataset_dir
+    from bench.data.io import list_images
+    from bench.data.paths import HR_DIR, resolve_data_root
+    folder = dataset_dir(name, resolve_data_root(data_root)) / HR_DIR
+    if not list_images(folder):
+        from bench.errors import DataError
+        raise DataError(f"no images in {folder}; put the HR images (.png) there")
+
+
+def _with_available_data(cells: list[Cell], data_root: Path | None, skipped: list[str],
+                         load: bool = True) -> list[Cell]:
     from bench.runner.stages import load_data
     verdict: dict[tuple[str, int], bool] = {}
     for cell in cells:
         key = (cell.dataset.name, cell.scale)
         if key not in verdict:
             try:
-                load_data(cell.dataset, cell.scale, data_root)
+                if load:
+                    load_data(cell.dataset, cell.scale, data_root)
+                else:
+                    _check_hr_images(cell.dataset.name, data_root)
                 verdict[key] = True
             except BenchError as exc:
                 verdict[key] = False

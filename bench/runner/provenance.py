@@ -28,6 +28,21 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+@functools.lru_cache(maxsize=8)
+def device_name(device: torch.device) -> str:
+    """The hardware itself: the GPU's name, or the CPU model (so that records from a cluster can be told apart)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine() or "cpu"
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """HEAD of the checkout the code runs from, with "+dirty" when it has local changes; None outside git."""

@@ -82,6 +82,10 @@ class CellRecord:
     method_description: dict[str, Any] | None = None
     weights: str | None = None
     device: str | None = None
+    device_name: str | None = None   # the GPU's name or the CPU model
+    host: str | None = None          # host name of the process that computed the cell
+    node: str | None = None          # Ray node id (`--executor ray`), else null
+    worker: str | None = None        # "local" (the driver itself), "worker 2/4" (`--workers 4`), or the Ray worker id
     torch_version: str | None = None
     git_commit: str | None = None
     seed: int | None = None

@@ -1,0 +1,296 @@
+"""Worker side of a run: compute the cells of one task (bench.runner.tasks) and report them as events.
+
+Runs in the driver's process (local executor), in a `--workers` process or in a Ray worker. It never writes
+into the run directory: records, calibrated bounds and SR images go back to the driver, which alone writes
+them. A process keeps one TaskRunner per run settings, so consecutive tasks share the FP model, its MAC
+count and FP latency, the test sets and the calibration batches.
+"""
+from __future__ import annotations
+
+import random
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+from bench.runner import provenance, stages
+from bench.runner.baselines import BicubicUpsampler
+from bench.runner.cells import BICUBIC, FP, Cell
+from bench.runner.executors.base import current_worker, one_line
+from bench.runner.latency import median_latency_ms
+from bench.runner.matrix import MatrixSpec
+from bench.runner.records import STATUS_ERROR, CellRecord
+from bench.runner.tasks import BASELINES, Calibrated, CellDone, Task
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker needs besides the task; picklable, compared by value."""
+    matrix: MatrixSpec
+    run_name: str
+    data_root: Path | None = None
+    weights_dir: Path | None = None
+    train_root: Path | None = None
+    device: str | None = None
+    threads: int | None = None        # None: keep this process's torch threads (the command set them)
+    progress: bool = False
+    plugins: tuple[str, ...] = ()     # --plugin files, imported in each worker so their methods exist there
+
+
+_runner: TaskRunner | None = None
+
+
+def runner_for(settings: WorkerSettings) -> TaskRunner:
+    """This process's runner for these settings (a new one, and its caches, when the settings change)."""
+    global _runner
+    if _runner is None or _runner.settings != settings:
+        _runner = TaskRunner(settings)
+    return _runner
+
+
+def release_runner() -> None:
+    global _runner
+    _runner = None
+
+
+def run_task(settings: WorkerSettings, task: Task) -> Iterator[Calibrated | CellDone]:
+    """The `work` function every executor runs (module level, so that it pickles by reference)."""
+    return runner_for(settings).run(task)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def base_record(cell: Cell, fingerprint: str, run_name: str, weights_dir: Path | None,
+                environment: dict | None = None) -> CellRecord:
+    """A record naming the cell, with `environment` (device, versions, worker) filled in."""
+    return CellRecord(
+        key=cell.key, fingerprint=fingerprint, run=run_name, model=cell.model.name, scale=cell.scale,
+        method=cell.method.name, label=cell.method.label, method_params=cell.method.params,
+        w_bits=cell.bits.w if cell.bits else None, a_bits=cell.bits.a if cell.bits else None,
+        dataset=cell.dataset.name, dataset_label=cell.dataset.label, crop=cell.dataset.crop,
+        weights=None if cell.method.name == BICUBIC else stages.describe_weights(cell.model, cell.scale, weights_dir),
+        **(environment or {}))
+
+
+@dataclass
+class _Calibration:
+    seconds: float | None
+    cached: bool
+    description: dict
+    cost: object           # bench.cost.CostReport
+    latency_ms: float | None
+
+
+class TaskRunner:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.matrix = settings.matrix
+        self._load_plugins(settings.plugins)
+        if settings.threads is not None:
+            from bench.threads import configure_threads
+            configure_threads(settings.threads)
+        self.device = provenance.resolve_device(settings.device)
+        self.calib_dir = stages.train_dir(self.matrix.calibration, settings.train_root)
+        self.models: dict[tuple, nn.Module] = {}
+        self.datasets: dict[tuple, object] = {}
+        self.calib_batches: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._layers: dict[tuple, object] = {}
+        self._fp_latency: dict[tuple, float | None] = {}
+        self.on_status: Callable[[str], None] | None = None  # the driver's progress bar, when in its process
+
+    @staticmethod
+    def _load_plugins(plugins: tuple[str, ...]) -> None:
+        from bench.plugins import load_plugin
+        for path in plugins:
+            load_plugin(path)
+
+    # ---------------------------------------------------------------------------- shared, loaded once
+    def model(self, cell: Cell) -> nn.Module:
+        key = (cell.model, cell.scale)
+        if key not in self.models:
+            self.models[key] = stages.build_model(cell.model, cell.scale, self.settings.weights_dir, self.device)
+        return self.models[key]
+
+    def dataset(self, cell: Cell):
+        key = (cell.dataset.name, cell.scale)
+        if key not in self.datasets:
+            self.datasets[key] = stages.load_data(cell.dataset, cell.scale, self.settings.data_root)
+        return self.datasets[key]
+
+    def calib_batch(self, scale: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(calibration patches, held-out patches or None) of this scale, shared by every method."""
+        if scale not in self.calib_batches:
+            calib = self.matrix.calibration
+            batch = stages.calibration_data(calib, scale, self.calib_dir)
+            val = stages.calibration_data(calib, scale, self.calib_dir, split="val") if calib.val else None
+            self.calib_batches[scale] = (batch, val)
+        return self.calib_batches[scale]
+
+    def _layer_macs(self, cell: Cell):
+        key = (cell.model, cell.scale)
+        if key not in self._layers:
+            from bench.cost import count_layer_macs
+            size = self.matrix.cost.lr_size
+            self._layers[key] = count_layer_macs(self.model(cell), (size, size))
+        return self._layers[key]
+
+    def _cost(self, cell: Cell, qmodel: nn.Module | None):
+        from bench.cost import analyze
+        size = self.matrix.cost.lr_size
+        return analyze(self.model(cell), cell.model.name, cell.scale, qmodel, (size, size), self._layer_macs(cell))
+
+    def _fp_latency_ms(self, cell: Cell) -> float | None:
+        key = (cell.model, cell.scale)
+        if key not in self._fp_latency:
+            lat = self.matrix.latency
+            self._fp_latency[key] = median_latency_ms(self.model(cell), lat.lr_size, lat.runs, self.device,
+                                                      seed=self.matrix.seed)
+        return self._fp_latency[key]
+
+    # ------------------------------------------------------------------------------------------ tasks
+    def run(self, task: Task) -> Iterator[Calibrated | CellDone]:
+        if task.kind == BASELINES:
+            for cell, fingerprint in zip(task.cells, task.fingerprints):
+                yield self._cell(cell, fingerprint, lambda r, c=cell: self._baseline(c, r))
+            return
+        try:
+            qmodel, calibration, event = self._calibrated(task)
+        except Exception as exc:  # noqa: BLE001 - a method's failure fails its cells, not the matrix
+            trace = self._traceback(exc)
+            for index, (cell, fingerprint) in enumerate(zip(task.cells, task.fingerprints)):
+                yield self._error(cell, fingerprint, exc, trace if index == 0 else None)
+            return
+        yield event
+        for cell, fingerprint in zip(task.cells, task.fingerprints):
+            yield self._cell(cell, fingerprint, lambda r, c=cell: self._quantized(c, qmodel, calibration, r))
+
+    def _environment(self) -> dict:
+        worker = current_worker()
+        return {"device": provenance.describe_device(self.device), "device_name": provenance.device_name(self.device),
+                "host": worker.host, "node": worker.node, "worker": worker.worker,
+                "torch_version": provenance.torch_version(), "git_commit": provenance.git_commit(),
+                "seed": self.matrix.seed}
+
+    def _record(self, cell: Cell, fingerprint: str) -> CellRecord:
+        return base_record(cell, fingerprint, self.settings.run_name, self.settings.weights_dir, self._environment())
+
+    def _cell(self, cell: Cell, fingerprint: str, compute: Callable[[CellRecord], dict[str, bytes]]) -> CellDone:
+        self._status(cell.key)
+        record = self._record(cell, fingerprint)
+        try:
+            images = compute(record)
+        except Exception as exc:  # noqa: BLE001 - recorded as an error cell; the matrix goes on
+            return self._error(cell, fingerprint, exc, self._traceback(exc))
+        return CellDone(record, images)
+
+    def _error(self, cell: Cell, fingerprint: str, exc: BaseException, trace: str | None) -> CellDone:
+        record = self._record(cell, fingerprint)
+        record.status, record.error = STATUS_ERROR, one_line(exc)
+        return CellDone(record, traceback=trace)
+
+    @staticmethod
+    def _traceback(exc: BaseException) -> str | None:
+        if isinstance(exc, BenchError):  # a user-facing error says everything in its one line
+            return None
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)).rstrip()
+
+    def _status(self, text: str) -> None:
+        if self.on_status is not None:
+            self.on_status(text)
+
+    # ------------------------------------------------------------------------------------- evaluation
+    def _evaluate(self, model: nn.Module, cell: Cell, record: CellRecord) -> dict[str, bytes]:
+        """Fills the quality fields; returns the SR outputs as PNG bytes when the matrix saves images."""
+        from tqdm import tqdm
+        bar = tqdm(total=0, desc=f"eval {cell.method.label} {cell.bits_label} {cell.dataset.label}", unit="img",
+                   leave=False, position=1, disable=not self.settings.progress, dynamic_ncols=True)
+        view = stages.dataset_view(self.dataset(cell), cell.dataset, cell.scale, on_item=lambda: bar.update(1))
+        bar.reset(total=len(view))
+        with tempfile.TemporaryDirectory(prefix="bench-images-") as folder:
+            save_dir = Path(folder) if self.matrix.save_images else None
+            try:
+                outcome = stages.evaluate_on(model, view, cell.scale, self.device, self.matrix.eval.lpips, save_dir)
+            finally:
+                bar.close()
+            images = {p.name: p.read_bytes() for p in sorted(save_dir.glob("*.png"))} if save_dir else {}
+        record.images, record.expected_images, record.is_subset = len(view), view.expected_count, view.is_subset
+        record.psnr, record.ssim, record.lpips = outcome.psnr, outcome.ssim, outcome.lpips
+        record.per_image, record.eval_seconds = outcome.per_image, outcome.seconds
+        return images
+
+    @staticmethod
+    def _fill_cost(record: CellRecord, cost) -> None:
+        for name, value in cost.summary().items():
+            if hasattr(record, name):
+                setattr(record, name, value)
+
+    def _fill_latency(self, record: CellRecord, cell: Cell, latency_ms: float | None, kind: str) -> None:
+        lat = self.matrix.latency
+        record.latency_fp_ms = self._fp_latency_ms(cell)
+        record.latency_ms, record.latency_kind = latency_ms, kind
+        record.latency_runs, record.latency_lr_size = lat.runs, lat.lr_size
+
+    def _baseline(self, cell: Cell, record: CellRecord) -> dict[str, bytes]:
+        if cell.method.name != FP:
+            return self._evaluate(BicubicUpsampler(cell.scale), cell, record)
+        images = self._evaluate(self.model(cell), cell, record)
+        self._fill_cost(record, self._cost(cell, None))
+        self._fill_latency(record, cell, self._fp_latency_ms(cell), "fp")
+        return images
+
+    def _quantized(self, cell: Cell, qmodel: nn.Module, calibration: _Calibration,
+                   record: CellRecord) -> dict[str, bytes]:
+        images = self._evaluate(qmodel, cell, record)
+        self._fill_cost(record, calibration.cost)
+        self._fill_latency(record, cell, calibration.latency_ms, "fake-quant")
+        record.calib_seconds, record.calib_cached = calibration.seconds, calibration.cached
+        record.method_description = calibration.description
+        return images
+
+    # ----------------------------------------------------------------------------------- calibration
+    def _calibrated(self, task: Task) -> tuple[nn.Module, _Calibration, Calibrated]:
+        """The task's calibrated model: from the bounds it carries, else calibrated now."""
+        cell, fingerprint = task.cells[0], task.fingerprints[0]
+        self._status(f"calibrating {task.calib_key}")
+        fp_model = self.model(cell)
+        if task.bounds is not None:
+            qmodel, meta = _load_bounds(task.bounds, fp_model)
+            seconds, cached, description = meta.get("calib_seconds"), True, meta.get("method_description", {})
+            event = Calibrated(task.calib_key, fingerprint, seconds, None)
+        else:
+            _seed_everything(self.matrix.seed)
+            batch, val = self.calib_batch(cell.scale)
+            qmodel, seconds, description = stages.calibrate(
+                fp_model, cell.method.name, cell.method.params, cell.bits.w, cell.bits.a, batch, val,
+                self.calib_dir, self.device, cell.model.scope, self.matrix.seed, self.settings.progress)
+            cached = False
+            bounds = _dump_bounds(qmodel, {"calib_key": task.calib_key, "calib_seconds": seconds,
+                                           "method_description": description})
+            event = Calibrated(task.calib_key, fingerprint, seconds, bounds)
+        lat = self.matrix.latency
+        latency = median_latency_ms(qmodel, lat.lr_size, lat.runs, self.device, seed=self.matrix.seed)
+        return qmodel, _Calibration(seconds, cached, description, self._cost(cell, qmodel), latency), event
+
+
+def _dump_bounds(qmodel: nn.Module, meta: dict) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="bench-bounds-") as folder:
+        path = Path(folder) / "bounds.pt"
+        stages.save_bounds(qmodel, path, meta)
+        return path.read_bytes()
+
+
+def _load_bounds(data: bytes, fp_model: nn.Module) -> tuple[nn.Module, dict]:
+    with tempfile.TemporaryDirectory(prefix="bench-bounds-") as folder:
+        path = Path(folder) / "bounds.pt"
+        path.write_bytes(data)
+        return stages.load_bounds(path, fp_model)
