@@ -4,9 +4,12 @@ full settings are the `paper` matrix's)."""
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 
+from bench.data.paths import cache_dir
 from bench.runner.execute import RunOptions, run_matrix
 from bench.runner.matrix import load_matrix
 from bench.runner.records import read_records
@@ -31,6 +34,20 @@ baselines: [fp]
 calibration: {n: 2, patch: 16, seed: 0}
 latency: {runs: 0}
 """
+
+
+@pytest.fixture(scope="module")
+def module_environment() -> tuple[Path, Path]:
+    """The cache and torch hub a module-scoped fixture (like `records` below) sees when it runs."""
+    return cache_dir(), Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+
+
+def test_module_fixtures_already_write_into_the_test_cache(module_environment, tmp_path_factory):
+    # `records` runs the whole matrix in a module-scoped fixture: its calibration batches and LR images must
+    # land in the session's temporary cache, never in the user's $BENCH_CACHE.
+    base = tmp_path_factory.getbasetemp()
+    cache, torch_home = module_environment
+    assert cache.is_relative_to(base) and torch_home.is_relative_to(base), (cache, torch_home, base)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pkgutil
 from pathlib import Path
 
@@ -185,3 +186,26 @@ def test_models_list_shows_weights_found_in_weights_dir(weights_folder, capsys):
     rows = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert "in --weights-dir: imdn/IMDN_x2.pth" in rows["imdn", "x2"]
     assert "in --weights-dir" not in rows["imdn", "x4"]
+
+
+# --------------------------------------------------------------------------------------- test isolation
+
+def test_the_session_check_names_files_written_into_user_folders(tmp_path):
+    from conftest import _snapshot, user_folder_changes
+    (tmp_path / "kept.txt").write_text("a")
+    (tmp_path / "edited.txt").write_text("b")
+    before = {str(tmp_path): _snapshot(tmp_path)}
+    (tmp_path / "new" / "calib.pt").parent.mkdir()
+    (tmp_path / "new" / "calib.pt").write_text("c")
+    os.utime(tmp_path / "edited.txt", ns=(1, 1))
+    changes = user_folder_changes(before, {str(tmp_path): _snapshot(tmp_path)})
+    assert changes == [f"{tmp_path / 'new' / 'calib.pt'} (written)", f"{tmp_path / 'edited.txt'} (modified)"]
+
+
+def test_skips_say_what_the_shared_folder_holds_and_how_to_supply_it(tmp_path):
+    from conftest import skip_reason
+    reason = skip_reason(tmp_path / "absent")
+    assert reason.startswith(f"{tmp_path / 'absent'} not found. The shared reference folder")
+    for words in ("test sets", "official checkpoints", "training images", "BENCH_SHARED", "--data-root",
+                  "--weights-dir"):
+        assert words in reason
