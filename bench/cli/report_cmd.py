@@ -1,4 +1,4 @@
-"""`bench table`, `bench plot`, `bench visual`: reports of a run's records.jsonl."""
+"""`bench table`, `bench plot`, `bench visual`, `bench report`: reports of a run's records.jsonl."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     table.add_argument("--reference-mode", choices=["rows", "delta"], default="rows",
                        help="show published numbers as rows under ours (default) or as delta columns")
     table.add_argument("--output", type=Path, default=None, help="write to this file instead of stdout")
+    table.add_argument("--significance", action="store_true",
+                       help="paired Wilcoxon test of each method against the best of its bit group: a marker in "
+                            "md/LaTeX, p-value columns in csv")
     table.set_defaults(func=table_command)
 
     plot = subparsers.add_parser("plot", help="PSNR-vs-bits, PSNR-vs-size and latency figures (PNG + PDF)")
@@ -41,6 +44,27 @@ def register(subparsers) -> None:
                         help="output file stem (default: <run>/figures/visual_<model>_x<s>_<dataset>_<image>)")
     visual.set_defaults(func=visual_command)
 
+    report = subparsers.add_parser("report", help="one self-contained HTML page: sortable tables, significance, "
+                                                  "charts, per-image values, a crop slider, provenance")
+    report.add_argument("--run", required=True, action="append",
+                        help="run name under --results-dir, or a run directory (repeat for several runs)")
+    report.add_argument("--results-dir", type=Path, default=Path("results"))
+    report.add_argument("--out", type=Path, default=None, help="output HTML file (default: <first run>/report.html)")
+    report.add_argument("--image", default=None, help="image of the visual comparison (default: the first, when the "
+                                                      "run saved its SR images)")
+    report.add_argument("--crop", default=None, help="x,y,w,h in HR pixels (default: a centred 96x96 square)")
+    report.add_argument("--dataset", default=None)
+    report.add_argument("--scale", type=int, default=None)
+    report.add_argument("--model", default=None)
+    report.add_argument("--data-root", type=Path, default=None,
+                        help="test-set root for the crop (default: $BENCH_DATA_ROOT, else <repo>/datasets)")
+    report.add_argument("--device", default="cpu")
+    report.add_argument("--no-visual", action="store_true", help="leave the visual comparison out")
+    report.add_argument("--screenshot", type=Path, default=None, metavar="FILE.png",
+                        help="open the page in headless Chromium, check it has no JavaScript error, save a screenshot")
+    report.add_argument("--window", default="1280x1600", help="screenshot size WIDTHxHEIGHT (default 1280x1600)")
+    report.set_defaults(func=report_command)
+
 
 def _latest_records(run) -> list[dict]:
     from bench.runner.records import latest_by_key, read_records
@@ -53,7 +77,8 @@ def table_command(args: argparse.Namespace) -> int:
 
     run = find_run(args.run, args.results_dir)
     reference = load_reference(args.reference) if args.reference else None
-    text = render(build_tables(_latest_records(run), reference, delta=args.reference_mode == "delta"), args.format)
+    text = render(build_tables(_latest_records(run), reference, delta=args.reference_mode == "delta",
+                               significance=args.significance), args.format)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text, encoding="utf-8")
@@ -89,3 +114,36 @@ def visual_command(args: argparse.Namespace) -> int:
     for path in save_strip(strip.panels, Path(stem), title):
         print(path)
     return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from bench.report.crops import CropRequest
+    from bench.report.html import write_report
+    from bench.runner.provenance import timestamp
+    from bench.runner.rundir import find_run
+
+    runs = [find_run(name, args.results_dir) for name in args.run]
+    data_root = args.data_root or (Path(os.environ["BENCH_DATA_ROOT"]) if os.environ.get("BENCH_DATA_ROOT") else None)
+    request = None if args.no_visual else CropRequest(args.image, args.crop, args.dataset, args.scale, args.model,
+                                                      data_root, args.device)
+    out = args.out or runs[0].path / "report.html"
+    page = write_report(runs, out, request, generated=timestamp())
+    print(f"wrote {out} ({page.records} cells, {page.tables} tables, {out.stat().st_size / 1e3:.0f} kB)")
+    return _screenshot(out, args.screenshot, args.window) if args.screenshot else 0
+
+
+def _screenshot(page: Path, png: Path, window: str) -> int:
+    from bench.errors import ConfigError
+    from bench.report.browser import check_page, screenshot
+
+    try:
+        width, height = (int(v) for v in window.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"bad --window {window!r}; use WIDTHxHEIGHT, e.g. --window 1280x1600") from None
+    check = check_page(page)
+    problems = check.console + ([check.page_errors] if check.page_errors else [])
+    for line in problems:
+        print(f"JavaScript problem: {line}")
+    screenshot(page, png, width, height)
+    print(f"wrote {png} ({png.stat().st_size / 1e3:.0f} kB); page status: {check.status or 'script did not run'}")
+    return 0 if check.ok else 1

@@ -88,6 +88,7 @@ class Row:
     method: str = ""
     bold: set[tuple[str, str]] = field(default_factory=set)
     deltas: dict[tuple[str, str], float | None] = field(default_factory=dict)
+    tests: dict[str, object] = field(default_factory=dict)  # dataset -> bench.report.significance.Comparison
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Table:
     rows: list[Row]
     failed: list[str] = field(default_factory=list)
     delta: bool = False
+    significance: bool = False   # rows carry Wilcoxon tests against the best of their bit group
 
     @property
     def title(self) -> str:
@@ -138,7 +140,7 @@ def _dataset_order(labels: list[str], names: dict[str, str]) -> list[str]:
 
 
 def build_tables(records: list[dict], reference: list[ReferenceRow] | None = None,
-                 delta: bool = False) -> list[Table]:
+                 delta: bool = False, significance: bool = False) -> list[Table]:
     """Tables from the latest record of each cell (errors listed under the table, not as rows)."""
     tables = []
     for model, scale in sorted({(r["model"], r["scale"]) for r in records}):
@@ -159,6 +161,8 @@ def build_tables(records: list[dict], reference: list[ReferenceRow] | None = Non
             rows = _interleave_reference(rows, refs, names, columns)
         _mark_bold(rows, columns)
         tables.append(Table(model, scale, columns, headers, rows, failed, delta and bool(refs)))
+        if significance:
+            _attach_tests(tables[-1], ok)
     return tables
 
 
@@ -245,6 +249,36 @@ def _mark_bold(rows: list[Row], columns: list[str]) -> None:
                         r.bold.add((dataset, metric))
 
 
+def _attach_tests(table: Table, records: list[dict]) -> None:
+    """Each measured quantized row gets, per dataset, its paired Wilcoxon test against its group's best."""
+    from bench.report.significance import compare_to_best
+    table.significance = True
+    tests = {(c.dataset, DISPLAY_NAMES.get(c.label, c.label), c.bits): c for c in compare_to_best(records)}
+    for row in table.rows:
+        for dataset in table.datasets:
+            found = None if row.reference else tests.get((dataset, row.label, row.bits))
+            if found is not None:
+                row.tests[dataset] = found
+
+
+def significance_note(table: Table) -> str:
+    """The legend of the significance marker, and the datasets where the test does not apply."""
+    from bench.report.significance import ALPHA, MARKER, MIN_IMAGES, not_applicable_datasets
+    note = (f"{MARKER}: PSNR differs from the best of its bit group (paired Wilcoxon signed-rank test on per-image "
+            f"PSNR, p < {ALPHA}).")
+    too_few = not_applicable_datasets(c for row in table.rows for c in row.tests.values())
+    if too_few:
+        listed = ", ".join(f"{table.headers[d]} ({n} images)" for d, n in too_few.items())
+        note += f" Not applicable (fewer than {MIN_IMAGES} paired images): {listed}."
+    return note
+
+
+def _significance_mark(row: Row, dataset: str, metric: str) -> str:
+    from bench.report.significance import MARKER
+    test = row.tests.get(dataset)
+    return MARKER if metric == "psnr" and test is not None and test.significant else ""
+
+
 def _round(value, digits: int) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -263,12 +297,13 @@ def _fmt_delta(value, digits: int) -> str:
     return "" if rounded is None else f"{rounded:+.{digits}f}"
 
 
-def _cells(table: Table, row: Row, bold, missing: str = "–") -> list[str]:
+def _cells(table: Table, row: Row, bold, missing: str = "–", marks: bool = True) -> list[str]:
     cells = []
     for dataset in table.datasets:
         for metric, digits in METRICS:
             text = _fmt(row.values.get((dataset, metric)), digits, missing)
-            cells.append(bold(text) if (dataset, metric) in row.bold else text)
+            cells.append((bold(text) if (dataset, metric) in row.bold else text)
+                         + (_significance_mark(row, dataset, metric) if marks else ""))
             if table.delta:
                 cells.append(_fmt_delta(row.deltas.get((dataset, metric)), digits))
     return cells
@@ -293,6 +328,7 @@ def render_markdown(tables: list[Table]) -> str:
         parts.append(f"### {table.title}\n\n" + tabulate(body, headers=headers, tablefmt="github",
                                                          disable_numparse=True))
         parts += [_failed_note(table)] if table.failed else []
+        parts += [significance_note(table)] if table.significance else []
     return "\n\n".join(parts) + "\n"
 
 
@@ -331,6 +367,7 @@ def render_latex(tables: list[Table]) -> str:
             cells = [c.replace("\x00", r"\textbf{").replace("\x01", "}") for c in cells]
             lines.append(" & ".join([label, latex_escape(row.bits)] + cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
+        lines += [f"% {latex_escape(significance_note(table))}"] if table.significance else []
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -341,12 +378,15 @@ def render_csv(tables: list[Table]) -> str:
     for i, table in enumerate(tables):
         headers = ["model", "scale", "method", "bits", "reference"] + \
                   [h for d in table.datasets for h in _metric_headers(table, d)]
+        headers += [f"{table.headers[d]} Wilcoxon p" for d in table.datasets] if table.significance else []
         if i:
             writer.writerow([])
         writer.writerow(headers)
         for row in table.rows:
+            p_values = [row.tests[d].p_text() if d in row.tests else "" for d in table.datasets]
             writer.writerow([table.model, table.scale, row.label, row.bits, int(row.reference)]
-                            + _cells(table, row, lambda t: t, missing=""))
+                            + _cells(table, row, lambda t: t, missing="", marks=False)
+                            + (p_values if table.significance else []))
     return buffer.getvalue()
 
 
