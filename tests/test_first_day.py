@@ -209,3 +209,42 @@ def test_skips_say_what_the_shared_folder_holds_and_how_to_supply_it(tmp_path):
     for words in ("test sets", "official checkpoints", "training images", "BENCH_SHARED", "--data-root",
                   "--weights-dir"):
         assert words in reason
+
+
+# ------------------------------------------------------------------------------- done / planned counts
+
+# 2 baselines + 2 methods on two crops of the embedded photos: 4 cells of a fraction of a second.
+SMALL = """\
+name: small
+models:
+  - {name: imdn, scales: [2], weights: random}
+datasets:
+  - {name: sample, crop: 16, max_images: 2}
+methods: [minmax, percentile]
+baselines: [fp, bicubic]
+calibration: {n: 2, patch: 16, seed: 0, train_dir: sample-train}
+latency: {runs: 0}
+cost: {lr_size: 16}
+"""
+
+
+def _results_rows(results_dir: Path, capsys) -> dict[str, list[str]]:
+    assert main(["results", "--results-dir", str(results_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return {line.split()[0]: line.split() for line in lines[2:]}
+
+
+def test_results_show_done_of_planned_for_a_killed_run(tmp_path, capsys):
+    matrix = tmp_path / "small.yaml"
+    matrix.write_text(SMALL, encoding="utf-8")
+    out = tmp_path / "results" / "small"
+    stats = run_matrix(load_matrix(matrix), RunOptions(out=out, progress=False))
+    assert (stats.total, stats.errors) == (4, 0)
+    row = _results_rows(tmp_path / "results", capsys)["small"]
+    assert row[1:6] == ["4", "/", "4", "0", "finished"]
+
+    records = out / "records.jsonl"
+    lines = records.read_text(encoding="utf-8").splitlines(keepends=True)
+    records.write_text("".join(lines[:2]), encoding="utf-8")  # killed after two cells
+    row = _results_rows(tmp_path / "results", capsys)["small"]
+    assert row[1:6] == ["2", "/", "4", "0", "incomplete"]

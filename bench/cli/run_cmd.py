@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     _add_executor_args(run)
     run.set_defaults(func=run_command)
 
-    results = subparsers.add_parser("results", help="list benchmark runs and their cell counts")
+    results = subparsers.add_parser("results", help="list benchmark runs: cells done / planned, errors, state")
     results.add_argument("--results-dir", type=Path, default=Path("results"))
     results.set_defaults(func=results_command)
 
@@ -105,7 +105,8 @@ def results_command(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {args.results_dir} (start one with `bench run --matrix demo`)")
         return 0
-    rows = [[r["run"], r["cells"], r["ok"], r["errors"], ", ".join(r["models"]), r["last_started"], r["path"]]
-            for r in runs]
-    print(tabulate(rows, headers=["run", "cells", "ok", "errors", "models", "last started", "path"]))
+    rows = [[r["run"], f"{r['done']} / {'?' if r['planned'] is None else r['planned']}", r["errors"], r["state"],
+             ", ".join(r["models"]), r["last_started"], r["path"]] for r in runs]
+    print(tabulate(rows, headers=["run", "done / planned", "errors", "state", "models", "last started", "path"],
+                   disable_numparse=True))
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.errors import BenchError
+from bench.errors import BenchError, with_prefix
 from bench.plugins import loaded_plugins
 from bench.runner import provenance, stages
 from bench.runner.cells import BICUBIC, Cell
@@ -27,7 +27,7 @@ from bench.runner.executors import ExecutorConfig, TaskFailed, open_executor
 from bench.runner.matrix import MatrixSpec
 from bench.runner.plan import Plan, make_plan
 from bench.runner.records import STATUS_ERROR, STATUS_OK, CellRecord, RecordStore
-from bench.runner.rundir import RunDir, RunLock, write_atomic
+from bench.runner.rundir import RunDir, RunLock, record_plan, write_atomic
 from bench.runner.tasks import Calibrated, CellDone, RecordedTimes, Task, longest_first, make_tasks
 
 
@@ -92,7 +92,7 @@ def run_matrix(matrix: MatrixSpec, options: RunOptions) -> RunStats:
         stats.skipped = work.plan.skipped
         stats.total = len(work.plan.cells)
         stats.already_done = stats.total - len(work.pending)
-        _write_run_meta(run, matrix)
+        _write_run_meta(run, matrix, [c.key for c in work.plan.cells])
         if work.pending:
             _Driver(matrix, options, run, store, stats, work.fingerprints).execute(work.pending)
     stats.seconds = time.perf_counter() - start
@@ -118,8 +118,8 @@ def _finished(cell: Cell, fingerprint: str, latest: dict[str, dict], retry_error
     return record.get("status") == STATUS_OK or not retry_errors
 
 
-def _write_run_meta(run: RunDir, matrix: MatrixSpec) -> None:
-    meta = run.read_meta()
+def _write_run_meta(run: RunDir, matrix: MatrixSpec, planned: list[str]) -> None:
+    meta = record_plan(run.read_meta(), planned)  # `bench results` counts done / planned from it
     now = provenance.timestamp()
     meta.update({"name": matrix.name, "matrix_path": str(matrix.path), "last_started": now,
                  "git_commit": provenance.git_commit()})
@@ -138,6 +138,7 @@ class _Driver:
         self.store = store
         self.stats = stats
         self.arrived: set[str] = set()  # keys written by this run: a cell that arrives twice is written once
+        self.calibrated: set[tuple[str, str]] = set()  # likewise for calibrations (key, fingerprint)
         self.overall: tqdm | None = None
 
     def _settings(self, device: str | None, threads: int | None, progress: bool):
@@ -159,7 +160,7 @@ class _Driver:
                 if not cell.is_baseline:
                     runner.calib_batch(cell.scale)
         except BenchError as exc:
-            raise type(exc)(f"{prefix}: {exc}") from None
+            raise with_prefix(exc, prefix) from None
 
     # ------------------------------------------------------------------------------------- execution
     def execute(self, pending: list[Cell]) -> None:
@@ -214,6 +215,9 @@ class _Driver:
             self.overall.close()
 
     def _calibrated(self, event: Calibrated) -> None:
+        if (event.calib_key, event.fingerprint) in self.calibrated:
+            return
+        self.calibrated.add((event.calib_key, event.fingerprint))
         if event.bounds is None:
             self.stats.calibrations_loaded += 1
             return

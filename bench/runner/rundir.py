@@ -2,7 +2,7 @@
 
     results/<run>/
         records.jsonl          one JSON line per evaluated cell (bench.runner.records)
-        run.json               matrix name and path, first/last start time, commit
+        run.json               matrix name and path, first/last start time, commit, planned cell keys
         matrix.yaml            the matrix text of the latest `bench run`
         cache/bounds/*.pt      calibrated quantizers, one per (model, scale, method+params, bits)
         images/<cell>/*.png    SR outputs, when the matrix sets `save_images: true`
@@ -91,13 +91,36 @@ def list_runs(results_dir: str | Path = DEFAULT_RESULTS_DIR) -> list[RunDir]:
     return sorted((RunDir(p) for p in root.iterdir() if (p / RECORDS_FILE).is_file()), key=lambda r: r.name)
 
 
+PLANNED_KEY = "planned_cells"
+FINISHED, INCOMPLETE, RUNNING, UNKNOWN = "finished", "incomplete", "running", "plan unknown"
+
+
+def record_plan(meta: dict, cell_keys: list[str]) -> dict:
+    """`meta` (run.json) with the cells the latest `bench run` set out to compute."""
+    return {**meta, PLANNED_KEY: list(cell_keys)}
+
+
 def run_summary(run: RunDir) -> dict:
-    """Cell counts of a run (latest record per cell)."""
+    """Done / planned / errors of a run, from the latest record of each planned cell.
+
+    `planned` is the plan of the latest `bench run` (after --only); a killed run has done < planned. Runs
+    written before plans were recorded have planned None, and count every recorded cell.
+    """
     latest = latest_by_key(read_records(run.records))
-    ok = sum(1 for r in latest.values() if r.get("status") == STATUS_OK)
     meta = run.read_meta()
-    return {"run": run.name, "path": str(run.path), "cells": len(latest), "ok": ok, "errors": len(latest) - ok,
-            "models": sorted({r["model"] for r in latest.values()}),
+    planned = meta.get(PLANNED_KEY)
+    keys = list(latest) if planned is None else planned
+    ok = sum(1 for k in keys if latest.get(k, {}).get("status") == STATUS_OK)
+    errors = sum(1 for k in keys if k in latest and latest[k].get("status") != STATUS_OK)
+    if RunLock(run).held_by_another():
+        state = RUNNING
+    elif planned is None:
+        state = UNKNOWN
+    else:
+        state = FINISHED if ok + errors == len(planned) else INCOMPLETE
+    return {"run": run.name, "path": str(run.path), "planned": None if planned is None else len(planned),
+            "done": ok, "errors": errors, "missing": None if planned is None else len(planned) - ok - errors,
+            "state": state, "models": sorted({r["model"] for r in latest.values()}),
             "matrix": meta.get("matrix_path", ""), "last_started": meta.get("last_started", "")}
 
 
@@ -107,14 +130,22 @@ class RunLock:
     def __init__(self, run: RunDir) -> None:
         self.path = run.path / ".lock"
 
+    def holder(self) -> int:
+        """Pid written in the lock file (0 when there is none or it is unreadable)."""
+        try:
+            return int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def held_by_another(self) -> bool:
+        pid = self.holder()
+        return bool(pid) and pid != os.getpid() and _alive(pid)
+
     def __enter__(self) -> RunLock:  # noqa: PYI034
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            try:
-                pid = int(self.path.read_text().strip() or 0)
-            except ValueError:
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
+            pid = self.holder()
+            if self.held_by_another():
                 raise ConfigError(f"{self.path.parent} is being written by another `bench run` (pid {pid}); "
                                   f"wait for it, or use --out to write elsewhere")
         self.path.write_text(str(os.getpid()))
