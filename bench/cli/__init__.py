@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "bench.cli.report_cmd",    # bench table|plot|visual
     "bench.cli.cost_cmd",      # bench cost
     "bench.cli.train_cmd",     # bench train
+    "bench.cli.export_cmd",    # bench export (packed safetensors, ONNX QDQ)
+    "bench.cli.latency_cmd",   # bench latency (FP32 vs quantized, one runtime)
 ]
 
 

@@ -50,6 +50,10 @@ def register(subparsers) -> None:
     q.add_argument("--quantized", type=Path, default=None, metavar="FILE",
                    help="calibrated quantization saved by `bench quantize --out`")
     q.add_argument("--method", default=None, help="calibrate with this PTQ method first (see `bench methods list`)")
+    q.add_argument("--packed", type=Path, default=None, metavar="PATH",
+                   help="packed low-bit model written by `bench export --format packed`")
+    q.add_argument("--onnx", type=Path, default=None, metavar="FILE",
+                   help="ONNX model (e.g. `bench export --format onnx`), run with onnxruntime on the CPU")
     add_quantization_args(q)
     p.set_defaults(func=run)
 
@@ -77,6 +81,7 @@ def validate_request(args: argparse.Namespace) -> None:
     """Model, scale, method, bits, scope and weights checked before any side effect (LR generation)."""
     from bench.cli.validate import bits_from_args, check_model_scale, check_scope, method_from_args, resolve_weights_arg
 
+    _check_exported_flags(args)
     if args.quantized is not None and args.method is not None:
         raise ConfigError("give either --quantized FILE or --method NAME, not both")
     check_model_scale(args.model, args.scale)
@@ -92,11 +97,43 @@ def validate_request(args: argparse.Namespace) -> None:
     resolve_weights_arg(args.model, args.scale, args.weights, args.weights_dir)
 
 
+def _check_exported_flags(args: argparse.Namespace) -> None:
+    """--packed / --onnx: alone among the model sources, and an existing file (bench.export)."""
+    chosen = [flag for flag, value in (("--quantized", args.quantized), ("--method", args.method),
+                                       ("--packed", args.packed), ("--onnx", args.onnx)) if value is not None]
+    if len(chosen) > 1 and ("--packed" in chosen or "--onnx" in chosen):
+        raise ConfigError(f"give one of --quantized, --method, --packed, --onnx, not {' and '.join(chosen)}")
+    for flag, value, how in (("--packed", args.packed, "bench export --format packed"),
+                             ("--onnx", args.onnx, "bench export --format onnx")):
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"{flag} {value}: file not found; give a file written by `{how}`")
+
+
+def _exported_model(args: argparse.Namespace, device: str):
+    """(model, description) for --packed / --onnx, else None."""
+    if args.packed is not None:
+        from bench.export.packed import load_packed
+        from models import create_model
+        qmodel = load_packed(args.packed, create_model(args.model, args.scale, weights="random", device=device))
+        return qmodel.to(device).eval(), {"quantized": str(args.packed), "format": "packed",
+                                          "meta": getattr(qmodel, "quant_meta", None)}
+    if args.onnx is not None:
+        if args.device not in (None, "cpu"):
+            raise ConfigError(f"--onnx runs with onnxruntime on the CPU; use --device cpu (got {args.device})")
+        from bench.export.ort_model import OnnxSRModel
+        model = OnnxSRModel(args.onnx, threads=configure_threads(args.threads))
+        return model, {"quantized": str(args.onnx), "format": "onnx", "meta": model.metadata}
+    return None
+
+
 def build_model(args: argparse.Namespace, device: str):
     """(model to evaluate, description of its quantization or None)."""
     from bench.cli.validate import resolve_weights_arg
     from models import create_model
 
+    exported = _exported_model(args, device)
+    if exported is not None:
+        return exported
     weights = resolve_weights_arg(args.model, args.scale, args.weights, args.weights_dir)
     fp_model = create_model(args.model, args.scale, weights=weights, device=device)
     if args.quantized is not None:
