@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
 from bench.cli import main
-from bench.report.significance import MIN_IMAGES, compare_to_best
+from bench.report.significance import MIN_IMAGES, compare_to_best, wilcoxon_many
 from bench.runner.records import read_records
 from bench.runner.tables import build_tables, render
 
@@ -122,3 +123,16 @@ def test_without_the_flag_tables_are_unchanged(tmp_path):
     plain = render(build_tables(records), "md")
     assert "†" not in plain and "Wilcoxon" not in plain
     assert "Wilcoxon" not in render(build_tables(records), "csv").splitlines()[0]
+
+
+def test_batched_tests_equal_one_scipy_call_per_pair():
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(30, 2, 8).tolist(), rng.normal(30, 2, 8).tolist()) for _ in range(5)]
+    zero = rng.normal(30, 2, 9)
+    pairs.append((zero.tolist(), (zero - np.r_[0.0, rng.uniform(0.1, 1, 8)]).tolist()))      # one zero difference
+    tie = rng.normal(30, 2, 7)
+    pairs.append((tie.tolist(), (tie - np.array([0.5, -0.5, 0.25, 1, 2, 3, 4])).tolist()))  # tied magnitudes
+    pairs += [(rng.normal(30, 2, 60).tolist(), rng.normal(30, 2, 60).tolist()) for _ in range(3)]  # normal approx
+    for (best, other), (statistic, p) in zip(pairs, wilcoxon_many(pairs)):
+        alone = wilcoxon(best, other)
+        assert (statistic, p) == (float(alone.statistic), float(alone.pvalue))

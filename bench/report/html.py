@@ -116,6 +116,14 @@ def _th(text: str, index: int | None = None, numeric: bool = False, classes: str
     return f"<th{cls}{sort}{kind}>{escape(text)}</th>"
 
 
+def _group_by(records: Iterable[dict], key) -> dict:
+    """Records by key(record), in first-seen order: one pass instead of a filter per group (5,000-record runs)."""
+    groups: dict = {}
+    for record in records:
+        groups.setdefault(key(record), []).append(record)
+    return groups
+
+
 def _anchor(*parts) -> str:
     return "-".join(str(p) for p in parts).replace(" ", "_").replace("/", "_").replace("[", "").replace("]", "")
 
@@ -202,7 +210,7 @@ def _tip(record: dict, extra: str = "") -> str:
 
 
 def _bits_chart(records: list[dict], dataset: str, colors: dict[str, str]) -> str:
-    mine = [r for r in records if _ds(r) == dataset and r.get("psnr") is not None]
+    mine = [r for r in records if r.get("psnr") is not None]
     series = []
     for label in dict.fromkeys(r["label"] for r in mine if r["method"] not in BASELINES):
         points = [svg.Point(r["w_bits"], r["psnr"], _tip(r)) for r in mine if r["label"] == label]
@@ -219,7 +227,7 @@ def _measured_size(record: dict) -> int | None:
 
 
 def _size_chart(records: list[dict], dataset: str, colors: dict[str, str]) -> str:
-    mine = [r for r in records if _ds(r) == dataset and r.get("psnr") is not None and r.get("model_size_bytes")]
+    mine = [r for r in records if r.get("psnr") is not None and r.get("model_size_bytes")]
     series = []
     for label in dict.fromkeys(r["label"] for r in mine):
         members = [r for r in mine if r["label"] == label]
@@ -239,15 +247,16 @@ def _size_chart(records: list[dict], dataset: str, colors: dict[str, str]) -> st
 
 def _charts(records: list[dict]) -> str:
     parts = []
-    ok = [r for r in records if r.get("status") == "ok"]
-    for model, scale in sorted({(r["model"], r["scale"]) for r in ok}):
-        mine = [r for r in ok if r["model"] == model and r["scale"] == scale]
-        datasets = sorted({_ds(r) for r in mine})
+    groups = _group_by((r for r in records if r.get("status") == "ok"), lambda r: (r["model"], r["scale"]))
+    for model, scale in sorted(groups):
+        mine = groups[(model, scale)]
+        by_dataset = _group_by(mine, _ds)
         has_measured = any(_measured_size(r) for r in mine)
         # One colour per method in every chart of this model and scale: quantized methods first, as in the legend.
         colors = svg.assign_colors([_name(r) for r in sorted(mine, key=lambda r: r["method"] in BASELINES)])
         parts.append(f'<h3>{escape(model)} x{scale}</h3><div class="charts">'
-                     + "".join(_bits_chart(mine, d, colors) + _size_chart(mine, d, colors) for d in datasets) + "</div>")
+                     + "".join(_bits_chart(by_dataset[d], d, colors) + _size_chart(by_dataset[d], d, colors)
+                             for d in sorted(by_dataset)) + "</div>")
         parts.append('<p class="note">Model size: the cost model (packed weights at their bit-width + FP rest + '
                      'quantizer parameters), filled markers' + ("; measured file sizes, hollow markers." if has_measured
                                                               else "; no measured file size is recorded in this run.")
@@ -259,9 +268,10 @@ def _charts(records: list[dict]) -> str:
 
 def _per_image_tables(records: list[dict]) -> str:
     parts = []
-    ok = [r for r in records if r.get("status") == "ok" and r.get("per_image")]
-    for model, scale, dataset in sorted({(r["model"], r["scale"], _ds(r)) for r in ok}):
-        cells = [r for r in ok if (r["model"], r["scale"], _ds(r)) == (model, scale, dataset)]
+    groups = _group_by((r for r in records if r.get("status") == "ok" and r.get("per_image")),
+                       lambda r: (r["model"], r["scale"], _ds(r)))
+    for model, scale, dataset in sorted(groups):
+        cells = groups[(model, scale, dataset)]
         cells.sort(key=lambda r: (r["method"] != "fp", r["method"] != "bicubic", -(r.get("w_bits") or 0), _name(r)))
         names = list(dict.fromkeys(p["name"] for r in cells for p in r["per_image"]))
         scores = [{p["name"]: p for p in r["per_image"]} for r in cells]
