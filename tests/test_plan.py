@@ -1,0 +1,98 @@
+"""`bench run --plan`: the size of a matrix, what is done and the remaining time, before any work and
+without building a model."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import torch
+
+import bench.runner.stages
+import models
+from bench.cli import main
+from bench.runner.matrix import load_matrix
+from bench.runner.plan import make_plan
+from bench.runner.records import read_records
+
+
+@pytest.fixture
+def no_model_built(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built")
+    monkeypatch.setattr(models, "create_model", refuse)
+    monkeypatch.setattr(bench.runner.stages, "build_model", refuse)
+
+
+def _paths(benchmark_root, weights_dir, train_root) -> list[str]:
+    return ["--data-root", str(benchmark_root), "--weights-dir", str(weights_dir), "--calib", str(train_root)]
+
+
+def _total(output: str) -> tuple[int, ...]:
+    match = re.search(r"^total: (\d+) cells, (\d+) calibrations; (\d+) done, (\d+) to run in (\d+) tasks "
+                      r"\((\d+) calibrations to run\); estimate (.*)$", output, re.M)
+    assert match, output
+    return tuple(int(g) for g in match.groups()[:-1]) + (match.group(7),)
+
+
+def test_full_matrix_plan_is_quick_and_builds_no_model(tmp_path, benchmark_root, weights_dir, train_root,
+                                                       no_model_built, capsys):
+    start = time.perf_counter()
+    assert main(["run", "--matrix", "full", "--plan", "--out", str(tmp_path / "full"), "--threads", "1",
+                 *_paths(benchmark_root, weights_dir, train_root)]) == 0
+    elapsed = time.perf_counter() - start
+    output = capsys.readouterr().out
+    cells = make_plan(load_matrix("full"), {}, benchmark_root, weights_dir, load_models=False).cells
+    calibrations = {c.calib_key for c in cells if not c.is_baseline}
+    groups = {(c.model.name, c.scale) for c in cells}
+    assert _total(output) == (len(cells), len(calibrations), 0, len(cells), len(calibrations) + len(groups),
+                              len(calibrations), f"unknown ({len(calibrations) + len(groups)} tasks, no recorded time)")
+    # imdn x2 has official weights in the shared folder and all six test sets: (2 baselines + methods x 3 bits) x 6
+    from methods.registry import list_methods
+    per_model = (2 + 3 * len(list_methods())) * 6
+    row = next(line.split() for line in output.splitlines() if line.startswith("imdn ") and " x2 " in line)
+    assert row[:7] == ["imdn", "x2", str(per_model), "0", str(per_model), str(3 * len(list_methods())),
+                       str(3 * len(list_methods()))]
+    assert not (tmp_path / "full").exists()  # a plan writes nothing
+    assert elapsed < 30, f"bench run --matrix full --plan took {elapsed:.1f} s"
+    print(f"\nbench run --matrix full --plan: {elapsed:.2f} s, {len(cells)} cells")
+
+
+def test_plan_availability_by_files_matches_loading(benchmark_root, weights_dir):
+    """The quick plan keeps exactly the cells that building the models and loading the sets keeps (IMDN slice)."""
+    matrix, only = load_matrix("full"), {"model": {"imdn", "fsrcnn"}, "scale": {"2"}}
+    quick = make_plan(matrix, only, benchmark_root, weights_dir, load_models=False)
+    loaded = make_plan(matrix, only, benchmark_root, weights_dir)
+    assert quick.cells == loaded.cells and len(quick.cells) > 0
+    assert [note.split(":")[0] for note in quick.skipped] == [note.split(":")[0] for note in loaded.skipped]
+
+
+def test_plan_reports_done_cells_and_estimates_from_recorded_times(tmp_path, benchmark_root, weights_dir, train_root,
+                                                                   capsys, monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path / "smoke"
+    base = ["run", "--matrix", "smoke", "--out", str(out), "--threads", "1", "--no-progress",
+            *_paths(benchmark_root, weights_dir, train_root)]
+    try:
+        assert main(base + ["--only", "method=minmax"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    [minmax] = read_records(out / "records.jsonl")
+    monkeypatch.setattr(models, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+
+    # Left: the baselines (evaluations timed like minmax's on the same model and set) and DOBI (never calibrated).
+    assert main(base + ["--plan"]) == 0
+    evals = 2 * minmax["eval_seconds"]
+    assert _total(capsys.readouterr().out) == (4, 2, 1, 3, 2, 1, f"{evals:.1f} s + 1 task without a recorded time")
+
+    # --force: everything again, timed by the run's own records (minmax's calibration and evaluation included).
+    assert main(base + ["--plan", "--force", "--only", "method=minmax"]) == 0
+    expected = minmax["calib_seconds"] + minmax["eval_seconds"]
+    assert _total(capsys.readouterr().out) == (1, 1, 0, 1, 1, 1, f"{expected:.1f} s")
+
+    # Without --force the cached minmax bounds would be reused: only its evaluation is left to estimate.
+    (out / "records.jsonl").write_text("", encoding="utf-8")
+    assert main(base + ["--plan", "--only", "method=minmax"]) == 0
+    assert _total(capsys.readouterr().out) == (1, 1, 0, 1, 1, 0, "unknown (1 task, no recorded time)")
