@@ -14,6 +14,12 @@ Loss "paper" (Eqs. 4-6): L_O = ||O - O_q||_1 / (C H W) per image, batch mean;
   L_F = sum_i ||F_i/||F_i|| - F_qi/||F_qi|| ||_2 / (C_i H_i W_i) per image (un-squared), batch mean.
 Loss "code" (the released code, its broadcasting bug included, spec §4.6 / D6): see `dqc_loss_code`.
 
+Stage-one reuse: `stage_one()` names the DOBI calibration that stage 1 runs (method name and params). A
+caller that already holds bounds of exactly that calibration for the same model, bits, scope and
+calibration batch (the matrix runner, after a DOBI cell) hands them over with `reuse_stage_one`; stage 1 then
+copies them instead of searching again, and `describe()["stage_one"]` records that they were reused and
+where from. The result is identical: DOBI is deterministic and DQC reseeds itself.
+
 Bounds that cross during DQC are repaired (`methods.finetune.KeepOrdered`, counted in `history.repairs`).
 Model selection never uses a test set: `select="last"` keeps the final bounds; `select="val"` evaluates the
 PSNR of the quantized output against the FP output on `ctx.val_batch` (held-out training patches; without
@@ -46,6 +52,9 @@ from methods.finetune import (
     training_patches,
 )
 from methods.registry import register_method
+
+# {quantizer name: (lower, upper)} as tensors of the quantizer's bound shape
+StageOneBounds = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 # ------------------------------------------------------------------------------------------------ losses
 
@@ -145,6 +154,8 @@ class TwoDQuant(PTQMethod):
     def __init__(self, **params) -> None:
         super().__init__(**params)
         self.history = TrainResult()
+        self._handed_over: tuple[StageOneBounds, dict] | None = None  # (bounds, source) from reuse_stage_one
+        self._stage_one_reused: dict | None = None  # set by calibrate: the source of the bounds it reused
 
     def settings(self) -> DQCSettings:
         """The preset with every explicitly given parameter applied."""
@@ -155,7 +166,32 @@ class TwoDQuant(PTQMethod):
     def describe(self) -> dict:
         record = super().describe()
         record["settings"] = dict(self.settings().__dict__)
+        name, params = self.stage_one()
+        record["stage_one"] = {"method": name, "params": params, "reused": self._stage_one_reused is not None,
+                               **({"source": self._stage_one_reused} if self._stage_one_reused else {})}
         return record
+
+    # ------------------------------------------------------------------------------------ stage one
+    def stage_one(self) -> tuple[str, dict]:
+        """(registry name, params) of the calibration stage 1 runs: DOBI with this preset's variant and K."""
+        return "dobi", {"variant": self.settings().dobi_variant, "K": self.params.K}
+
+    def reuse_stage_one(self, bounds: StageOneBounds, source: dict) -> None:
+        """Start DQC from these bounds ({quantizer name: (lower, upper)}, the result of `stage_one()` on the
+        same model, bits, scope and calibration batch) instead of running DOBI; `source` is recorded."""
+        self._handed_over = (bounds, dict(source))
+
+    def _initial_bounds(self, qmodel: nn.Module, ctx: CalibContext, variant: str) -> None:
+        named = quantizers(qmodel)
+        if self._handed_over is not None and set(self._handed_over[0]) == {name for name, _ in named}:
+            bounds, source = self._handed_over
+            for name, q in named:
+                q.set_bounds(*bounds[name])
+            self._stage_one_reused = source
+            return
+        # No bounds handed over, or bounds of another quantizer layout: search.
+        self._stage_one_reused = None
+        DOBI(variant=variant, K=self.params.K).calibrate(qmodel, ctx)
 
     # ---------------------------------------------------------------------------------------- stages
     def _val_batch(self, ctx: CalibContext) -> torch.Tensor:
@@ -206,5 +242,5 @@ class TwoDQuant(PTQMethod):
         if ctx.fp_model is None and s.iters > 0:
             raise ConfigError("2dquant's DQC stage needs the full-precision teacher: CalibContext(fp_model=...)")
         val = self._val_batch(ctx) if self.params.select == "val" and s.iters > 0 else None  # fail before DOBI
-        DOBI(variant=s.dobi_variant, K=self.params.K).calibrate(qmodel, ctx)
+        self._initial_bounds(qmodel, ctx, s.dobi_variant)
         self.history = self.dqc(qmodel, ctx, val)

@@ -19,6 +19,7 @@ from bench.cli import main
 from bench.errors import BenchError, with_prefix
 from bench.runner.execute import RunOptions, run_matrix
 from bench.runner.matrix import load_matrix
+from bench.runner.records import read_records
 
 # IMDN x2 whose weights file is given by the test: the preflight builds the model before anything else.
 ONE_MODEL = """\
@@ -248,3 +249,47 @@ def test_results_show_done_of_planned_for_a_killed_run(tmp_path, capsys):
     records.write_text("".join(lines[:2]), encoding="utf-8")  # killed after two cells
     row = _results_rows(tmp_path / "results", capsys)["small"]
     assert row[1:6] == ["2", "/", "4", "0", "incomplete"]
+
+
+# ------------------------------------------------------------------------------ 2DQuant reuses DOBI
+
+TWO_STAGE = """\
+name: two-stage
+models:
+  - {{name: imdn, scales: [2], weights: "{weights}"}}
+datasets:
+  - {{name: sample, crop: 16, max_images: 2}}
+methods:
+  - {{name: dobi, params: {{variant: paper}}}}
+  - {{name: 2dquant, params: {{iters: 2, batch: 2, patch: 16}}}}
+calibration: {{n: 2, patch: 16, seed: 0, train_dir: sample-train}}
+latency: {{runs: 0}}
+cost: {{lr_size: 16}}
+"""
+
+
+def test_2dquant_reuses_the_dobi_bounds_of_the_same_run(weights_folder, tmp_path, monkeypatch):
+    from methods.dobi import DOBI
+    searches = []
+    original = DOBI.calibrate
+
+    def counting(self, qmodel, ctx):
+        searches.append(self.params.variant)
+        return original(self, qmodel, ctx)
+
+    monkeypatch.setattr(DOBI, "calibrate", counting)
+    matrix = tmp_path / "two.yaml"
+    matrix.write_text(TWO_STAGE.format(weights=weights_folder / "imdn" / "IMDN_x2.pth"), encoding="utf-8")
+    run_matrix(load_matrix(matrix), RunOptions(out=tmp_path / "both", progress=False))
+    assert searches == ["paper"]  # the DOBI cell searched; 2DQuant's stage one reused its bounds
+    both = {r["method"]: r for r in read_records(tmp_path / "both" / "records.jsonl")}
+    stage_one = both["2dquant"]["method_description"]["stage_one"]
+    assert stage_one["reused"] is True and stage_one["source"]["calib_key"] == "imdn/x2/dobi{\"variant\":\"paper\"}/W4A4"
+    assert stage_one["method"] == "dobi" and stage_one["params"] == {"variant": "paper", "K": 100}
+
+    # Alone, 2DQuant searches itself, and ends with exactly the same bounds and PSNR.
+    run_matrix(load_matrix(matrix), RunOptions(out=tmp_path / "alone", progress=False, only={"method": {"2dquant"}}))
+    assert searches == ["paper", "paper"]
+    alone = {r["method"]: r for r in read_records(tmp_path / "alone" / "records.jsonl")}
+    assert alone["2dquant"]["method_description"]["stage_one"]["reused"] is False
+    assert (alone["2dquant"]["psnr"], alone["2dquant"]["ssim"]) == (both["2dquant"]["psnr"], both["2dquant"]["ssim"])

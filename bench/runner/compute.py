@@ -26,6 +26,7 @@ from bench.runner.executors.base import current_worker, one_line
 from bench.runner.latency import median_latency_ms
 from bench.runner.matrix import MatrixSpec
 from bench.runner.records import STATUS_ERROR, CellRecord
+from bench.runner.reuse import BoundsMemo
 from bench.runner.tasks import BASELINES, Calibrated, CellDone, Task
 
 
@@ -106,6 +107,7 @@ class TaskRunner:
         self.calib_batches: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._layers: dict[tuple, object] = {}
         self._fp_latency: dict[tuple, float | None] = {}
+        self.bounds_memo = BoundsMemo()  # stage-one reuse (2DQuant after DOBI on the same inputs)
         self.on_status: Callable[[str], None] | None = None  # the driver's progress bar, when in its process
 
     @staticmethod
@@ -272,11 +274,13 @@ class TaskRunner:
             batch, val = self.calib_batch(cell.scale)
             qmodel, seconds, description = stages.calibrate(
                 fp_model, cell.method.name, cell.method.params, cell.bits.w, cell.bits.a, batch, val,
-                self.calib_dir, self.device, cell.model.scope, self.matrix.seed, self.settings.progress)
+                self.calib_dir, self.device, cell.model.scope, self.matrix.seed, self.settings.progress,
+                prepare=lambda method: self.bounds_memo.offer(cell, method))
             cached = False
             bounds = _dump_bounds(qmodel, {"calib_key": task.calib_key, "calib_seconds": seconds,
                                            "method_description": description})
             event = Calibrated(task.calib_key, fingerprint, seconds, bounds)
+        self.bounds_memo.remember(cell, description, qmodel, seconds)
         lat = self.matrix.latency
         latency = median_latency_ms(qmodel, lat.lr_size, lat.runs, self.device, seed=self.matrix.seed)
         return qmodel, _Calibration(seconds, cached, description, self._cost(cell, qmodel), latency), event

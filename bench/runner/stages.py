@@ -187,11 +187,15 @@ def calibration_data(calib: CalibrationSpec, scale: int, folder: Path | None,
 
 def calibrate(fp_model: nn.Module, method_name: str, params: dict, w_bits: int, a_bits: int,
               batch: torch.Tensor, val_batch: torch.Tensor | None, folder: Path | None, device: torch.device,
-              scope: str, seed: int, progress: bool) -> tuple[nn.Module, float, dict]:
-    """Quantize a copy of `fp_model` with the method; returns (qmodel, seconds, method.describe())."""
+              scope: str, seed: int, progress: bool,
+              prepare: Callable[[Any], None] | None = None) -> tuple[nn.Module, float, dict]:
+    """Quantize a copy of `fp_model` with the method; returns (qmodel, seconds, method.describe()).
+    `prepare(method)` runs before calibration (bench.runner.reuse hands over stage-one bounds there)."""
     from bench.quant.pipeline import CalibContext, quantize_with_method
     from methods.registry import create_method
     method = create_method(method_name, **params)
+    if prepare is not None:
+        prepare(method)
     ctx = CalibContext(fp_model=fp_model, calib_batch=batch.to(device), train_dir=folder,
                        val_batch=None if val_batch is None else val_batch.to(device), device=device, seed=seed,
                        progress=progress)
