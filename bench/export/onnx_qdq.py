@@ -187,14 +187,19 @@ def _fold_weight_quantize(graph) -> int:
     from onnx import numpy_helper
 
     inits = {t.name: t for t in graph.initializer}
+    # Scales and zero points may be initializers or Constant nodes, depending on the exporter's folding.
+    constants = {name: numpy_helper.to_array(t) for name, t in inits.items()}
+    constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     consumers = Counter(i for n in graph.node for i in n.input)
     folded = []
     for node in graph.node:
-        if node.op_type != "QuantizeLinear" or node.input[0] not in inits or consumers[node.input[0]] != 1:
+        if (node.op_type != "QuantizeLinear" or node.input[0] not in inits or consumers[node.input[0]] != 1
+                or node.input[1] not in constants or node.input[2] not in constants):
             continue
-        w = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
-        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        zero_point = numpy_helper.to_array(inits[node.input[2]])
+        w = constants[node.input[0]].astype(np.float32)
+        scale = constants[node.input[1]].astype(np.float32)
+        zero_point = constants[node.input[2]]
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         if scale.ndim:  # per channel: broadcast along `axis`
             shape = [1] * w.ndim

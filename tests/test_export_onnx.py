@@ -1,0 +1,181 @@
+"""ONNX QDQ export (bench.export.onnx_qdq): the graph's QDQ nodes, integer zero points, onnxruntime outputs."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
+import onnx  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+from bench.cli import main  # noqa: E402
+from bench.errors import ConfigError  # noqa: E402
+from bench.export.onnx_qdq import export_onnx, integer_grid, with_integer_bounds  # noqa: E402
+from bench.export.ort_model import OnnxSRModel  # noqa: E402
+from bench.quant import (  # noqa: E402
+    FakeQuantizer,
+    QuantConfig,
+    activation_quantizers,
+    quantize_model,
+    quantizers,
+    weight_quantizers,
+)
+
+
+class TwoConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 6, 3, padding=1)
+        self.tail = nn.Conv2d(6, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(nn.functional.leaky_relu(self.body(x), 0.1))
+
+
+def _minmax(model: nn.Module, w_bits: int = 8, a_bits: int = 8, scope: str = "ptq4sr", x=None) -> nn.Module:
+    from bench.quant import CalibContext, quantize_with_method
+    from methods import create_method
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) if x is None else x
+    qmodel, _ = quantize_with_method(model, create_method("minmax"), w_bits, a_bits,
+                                     CalibContext(fp_model=model, calib_batch=x, progress=False), scope=scope)
+    return qmodel.eval()
+
+
+@pytest.fixture(scope="module")
+def two_conv():
+    torch.manual_seed(0)
+    return TwoConv().eval()
+
+
+def test_integer_grid_rounds_the_zero_point_and_keeps_the_step():
+    q = FakeQuantizer(8)
+    q.set_bounds(-0.3, 0.9)                      # s = 1.2/255, -l/s = 63.75 -> z = 64
+    grid = integer_grid(q)
+    assert int(grid.zero_point) == 64
+    assert float(grid.scale) == pytest.approx(1.2 / 255, rel=1e-6)
+    lower, upper = grid.bounds()
+    assert float(upper - lower) == pytest.approx(1.2, rel=1e-6)   # same step, grid moved by 0.25 step
+    assert float(lower) == pytest.approx(-64 * 1.2 / 255, rel=1e-6)
+    q.set_bounds(0.2, 1.0)                       # no 0 in the range: widened to [0, 1]
+    grid = integer_grid(q)
+    assert (int(grid.zero_point), grid.widened) == (0, 1)
+    assert float(grid.scale) == pytest.approx(1 / 255, rel=1e-6)
+
+
+def test_graph_holds_one_qdq_pair_per_quantizer_and_matches_fake_quant(tmp_path, two_conv):
+    # ptq4sr on a two-conv model: both convs are edges, at 8 bits, per-channel weights.
+    qmodel = _minmax(two_conv, scope="ptq4sr")
+    acts, weights = len(activation_quantizers(qmodel)), len(weight_quantizers(qmodel))
+    assert (acts, weights) == (2, 2)
+    report = export_onnx(qmodel, tmp_path / "m.onnx")
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    ops = Counter(n.op_type for n in graph.node)
+    assert (ops["QuantizeLinear"], ops["DequantizeLinear"], ops["Conv"]) == (2, 4, 2)
+    assert (report.activation_qdq, report.weight_qdq) == (2, 2)
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    for conv in (n for n in graph.node if n.op_type == "Conv"):
+        x_dq, w_dq = producers[conv.input[0]], producers[conv.input[1]]
+        assert (x_dq.op_type, w_dq.op_type) == ("DequantizeLinear", "DequantizeLinear")
+        assert inits[w_dq.input[0]].dtype == np.uint8          # weights stored as integer codes
+        assert inits[w_dq.input[1]].shape == (conv_out := inits[w_dq.input[0]].shape[0],)  # per-channel scales
+        assert conv_out in (3, 6)
+        assert producers[x_dq.input[0]].op_type == "QuantizeLinear"
+
+    x = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(2))
+    ort = OnnxSRModel(tmp_path / "m.onnx")(x)
+    with torch.no_grad():
+        fake, integer = qmodel(x), with_integer_bounds(qmodel)(x)
+    # Same grid as the integer-bounds model: float rounding only (a tie may flip one code).
+    assert (ort - integer).abs().max().item() < 1e-2
+    # Against fake quant: every quantizer's grid moves by at most half a step, so each operand moves by at most
+    # one step; bound the output by the tail conv's response to a one-step change of every input and weight.
+    tail = qmodel.tail
+    s_in = float(integer_grid(tail.input_quant).scale)
+    s_w = integer_grid(tail.weight_quant).scale.view(-1, 1, 1, 1)
+    with torch.no_grad():
+        x_tail = tail.input_quant(nn.functional.leaky_relu(qmodel.body(x), 0.1)).abs()
+        bound = (nn.functional.conv2d(torch.full_like(x_tail, s_in), tail.weight_quant(tail.weight).abs(), padding=1)
+                 + nn.functional.conv2d(x_tail, s_w.expand_as(tail.weight), padding=1))
+    assert ((ort - fake).abs() <= bound + 1e-5).float().mean().item() > 0.99
+    assert 0 < (ort - fake).abs().max().item()
+
+
+def test_swinir_attention_matmuls_get_qdq_on_both_operands(tmp_path, swinir_random):
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    qmodel = _minmax(swinir_random, scope="2dquant", x=x)
+    report = export_onnx(qmodel, tmp_path / "swinir.onnx", sample_size=8)
+    graph = onnx.load(str(tmp_path / "swinir.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def source(name):  # through shape-only ops that the exporter may place between DQ and MatMul
+        node = producers.get(name)
+        while node is not None and node.op_type in ("Transpose", "Reshape", "Mul"):
+            node = producers.get(node.input[0])
+        return None if node is None else node.op_type
+
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    both = [n for n in matmuls if source(n.input[0]) == source(n.input[1]) == "DequantizeLinear"]
+    blocks = sum(1 for name, _ in swinir_random.named_modules() if name.endswith("attn.matmul_qk"))
+    assert len(both) >= 2 * blocks    # q@k^T and attn@v of every block (+ the linears' x @ W^T)
+    assert report.activation_qdq == len(activation_quantizers(qmodel))
+    y = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ort = OnnxSRModel(tmp_path / "swinir.onnx")(y)
+    with torch.no_grad():
+        integer = with_integer_bounds(qmodel)(y)
+    assert (ort - integer).abs().max().item() < 0.05
+
+
+def test_four_bit_activations_are_refused(tmp_path, two_conv):
+    qmodel = quantize_model(two_conv, QuantConfig(4, 4, scope="ptq4sr"))
+    qmodel.body.input_quant.bits = 4  # ptq4sr keeps edge convs at 8 bits
+    for _, q in quantizers(qmodel):
+        q.set_bounds(-1, 1)
+    with pytest.raises(ConfigError, match=r"has 4-bit activations; the ONNX export writes uint8 activations: "
+                                          r"quantize with --a-bits 8"):
+        export_onnx(qmodel, tmp_path / "m.onnx")
+
+
+def test_four_bit_weights_keep_sixteen_codes(tmp_path, two_conv):
+    qmodel = _minmax(two_conv, scope="ptq4sr")
+    qmodel.body.weight_quant.bits = 4  # ptq4sr puts the edges at 8 bits: make one conv a 4-bit one
+    export_onnx(qmodel, tmp_path / "m.onnx")
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    uint8 = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.UINT8]
+    body = next(a for a in uint8 if a.shape == (6, 3, 3, 3))
+    assert max(len(np.unique(channel)) for channel in body) <= 16
+
+
+def test_eval_onnx_on_imdn_matches_fake_quant_within_0_05_db(tmp_path, benchmark_root, train_root, weights_dir):
+    from bench.data.calib import calibration_batch
+    from bench.data.dataset import load_dataset
+    from bench.evaluate import evaluate
+    from models import create_model
+
+    fp_model = create_model("imdn", 2, weights=weights_dir / "imdn" / "IMDN_x2.pth")
+    qmodel = _minmax(fp_model, scope="fp-edges", x=calibration_batch(train_root, 2, n=4, patch=32, seed=0))
+    export_onnx(qmodel, tmp_path / "imdn.onnx")
+    images = list(load_dataset("Set5", 2, data_root=benchmark_root))[:2]
+    fake = evaluate(qmodel, images, 2, "cpu", lpips=False, progress=False).psnr
+    ort = evaluate(OnnxSRModel(tmp_path / "imdn.onnx"), images, 2, "cpu", lpips=False, progress=False).psnr
+    assert round(fake, 2) == 41.03
+    assert abs(ort - fake) < 0.05
+    assert round(ort, 2) == ORT_IMDN_X2_W8A8_SET5_FIRST2
+
+
+ORT_IMDN_X2_W8A8_SET5_FIRST2 = 41.02  # measured: baby + bird, fp-edges MinMax on 4 patches of 32x32
+
+
+def test_export_cli_refuses_a_file_without_model_and_scale(tmp_path, capsys, two_conv):
+    from bench.quant.io import save_quantized
+    qmodel = _minmax(two_conv)
+    save_quantized(qmodel, tmp_path / "b.pt", {"calib_key": "x"})
+    code = main(["export", "--quantized", str(tmp_path / "b.pt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                 "--threads", "1"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (f"bench: error: {tmp_path / 'b.pt'} does not record its model and scale "
+                                               f"(a run's cached calibration): give --model NAME --scale S")
