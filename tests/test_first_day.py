@@ -293,3 +293,23 @@ def test_2dquant_reuses_the_dobi_bounds_of_the_same_run(weights_folder, tmp_path
     alone = {r["method"]: r for r in read_records(tmp_path / "alone" / "records.jsonl")}
     assert alone["2dquant"]["method_description"]["stage_one"]["reused"] is False
     assert (alone["2dquant"]["psnr"], alone["2dquant"]["ssim"]) == (both["2dquant"]["psnr"], both["2dquant"]["ssim"])
+
+
+# -------------------------------------------------------------------------------- LPIPS is an extra
+
+def test_lpips_without_pyiqa_says_how_to_install_it(monkeypatch):
+    import importlib.util
+    import warnings
+
+    from bench.metrics import lpips
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyiqa" else real(name, *a))
+    lpips.reset_warning()
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = [lpips.LPIPSMetric()(image, image, 2), lpips.LPIPSMetric()(image, image, 2)]
+    lpips.reset_warning()
+    assert values == [None, None] and not lpips.lpips_available()
+    assert [str(w.message) for w in caught] == [lpips.PYIQA_MISSING]
+    assert "pip install -e '.[lpips]'" in lpips.PYIQA_MISSING

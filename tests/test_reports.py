@@ -23,7 +23,7 @@ CELLS = [
     ("dobi", "dobi", 4, "Urban100", 31.29, 0.9193),
     ("minmax", "minmax", 2, "Set5", 33.88, 0.9185),
     ("minmax", "minmax", 2, "Urban100", 27.48, 0.8501),
-    ("dobi", "dobi", 2, "Set5", 33.88, 0.9361),   # PSNR tie with MinMax at 2 bits: both bold
+    ("dobi", "dobi", 2, "Set5", 33.88, 0.9361),   # PSNR tie of the whole 2-bit group: no bold
     ("dobi", "dobi", 2, "Urban100", 28.52, 0.8727),
 ]
 
@@ -90,8 +90,8 @@ def test_markdown_table_layout_and_bold(run_dir):
         ["Bicubic", "-", "32.25", "0.9118", "25.96", "0.8088"],
         ["MinMax", "4", "34.39", "0.9202", "28.40", "0.8520"],
         ["DOBI", "4", "**37.44**", "**0.9568**", "**31.29**", "**0.9193**"],
-        ["MinMax", "2", "**33.88**", "0.9185", "27.48", "0.8501"],
-        ["DOBI", "2", "**33.88**", "**0.9361**", "**28.52**", "**0.8727**"],
+        ["MinMax", "2", "33.88", "0.9185", "27.48", "0.8501"],
+        ["DOBI", "2", "33.88", "**0.9361**", "**28.52**", "**0.8727**"],
     ]
     assert "- swinir-light/x2/percentile/W4A4/Set5: RuntimeError: boom" in lines
 
@@ -101,7 +101,10 @@ def test_latex_table_bold_and_escaping(run_dir):
     assert r"\multicolumn{2}{c}{Urban100 (10/100)}" in text
     assert r"DOBI & 4 & \textbf{37.44} & \textbf{0.9568} & \textbf{31.29} & \textbf{0.9193} \\" in text
     assert r"MinMax & 4 & 34.39 & 0.9202 & 28.40 & 0.8520 \\" in text
-    assert r"MinMax & 2 & \textbf{33.88} & 0.9185 & 27.48 & 0.8501 \\" in text
+    assert r"MinMax & 2 & 33.88 & 0.9185 & 27.48 & 0.8501 \\" in text  # the group ties: no bold
+    assert text.startswith("% swinir-light x2; needs \\usepackage{booktabs}\n\\begin{table}[t]\n\\centering\n"
+                           "\\caption{swinir-light x2: PSNR (dB) / SSIM on the Y channel")
+    assert "\\label{tab:swinir-light-x2}\n" in text and text.endswith("\\end{tabular}\n\\end{table}\n")
     assert text.count(r"\midrule") == 4  # after the header, then between FP | bicubic | 4-bit | 2-bit
 
 

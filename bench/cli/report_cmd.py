@@ -93,9 +93,12 @@ def plot_command(args: argparse.Namespace) -> int:
     from bench.runner.rundir import find_run
 
     run = find_run(args.run, args.results_dir)
-    paths = plot_run(_latest_records(run), args.out or run.path / "figures")
+    notes: list[str] = []  # figures with nothing to compare, and why
+    paths = plot_run(_latest_records(run), args.out or run.path / "figures", notes)
     for path in paths:
         print(path)
+    for note in notes:
+        print(note)
     if not paths:
         print(f"no successful cells in {run.records}: nothing to plot")
     return 0

@@ -11,6 +11,7 @@ Protocol: RGB in [0, 1], the same `border` crop as PSNR/SSIM, LPIPS v0.1 (AlexNe
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import warnings
 from pathlib import Path
@@ -23,6 +24,9 @@ import torch
 LPIPS_LINEAR_FILES = {"alex": "LPIPS_v0.1_alex-df73285e.pth", "vgg": "LPIPS_v0.1_vgg-a78928a0.pth"}
 BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 PYIQA_METRIC = {"alex": "lpips", "vgg": "lpips-vgg"}
+# pyiqa is an optional extra (1.2 GB of its own dependencies): without it LPIPS is recorded as missing.
+PYIQA_MISSING = ("LPIPS is recorded as missing: pyiqa is not installed (it is the optional extra `lpips`: "
+                 "pip install -e '.[lpips]', or pip install pyiqa); or pass --no-lpips / set eval.lpips: false")
 
 _warned = False
 
@@ -44,11 +48,18 @@ def missing_weights(net: str = "alex") -> list[Path]:
     return [p for p in (backbone_path(net), linear_path(net)) if not p.is_file()]
 
 
+def pyiqa_installed() -> bool:
+    return importlib.util.find_spec("pyiqa") is not None
+
+
 def _warn_once(missing: list[Path], failure: str = "") -> None:
     global _warned
     if _warned:
         return
     _warned = True
+    if not pyiqa_installed():
+        warnings.warn(PYIQA_MISSING, RuntimeWarning, stacklevel=3)
+        return
     names = ", ".join(str(p) for p in missing)
     problem = f"weight file(s) unusable {failure}" if failure else "weight file(s) not found"
     warnings.warn(f"LPIPS is recorded as missing: {problem}: {names}. Copy them there (or set TORCH_HOME to a "
@@ -76,7 +87,7 @@ class LPIPSMetric:
     @property
     def available(self) -> bool:
         if self.missing is None:
-            self.missing = missing_weights(self.net)
+            self.missing = missing_weights(self.net) if pyiqa_installed() else [Path("pyiqa")]
             if self.missing:
                 _warn_once(self.missing)
         return not self.missing
@@ -112,5 +123,5 @@ class LPIPSMetric:
 
 
 def lpips_available(net: str = "alex") -> bool:
-    return not missing_weights(net)
+    return pyiqa_installed() and not missing_weights(net)
 

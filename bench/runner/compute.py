@@ -23,7 +23,7 @@ from bench.runner import provenance, stages
 from bench.runner.baselines import BicubicUpsampler
 from bench.runner.cells import BICUBIC, FP, Cell
 from bench.runner.executors.base import current_worker, one_line
-from bench.runner.latency import median_latency_ms
+from bench.runner.latency import Timing, fill_latency, interleaved_timings
 from bench.runner.matrix import MatrixSpec
 from bench.runner.records import STATUS_ERROR, CellRecord
 from bench.runner.reuse import BoundsMemo
@@ -89,7 +89,7 @@ class _Calibration:
     cached: bool
     description: dict
     cost: object           # bench.cost.CostReport
-    latency_ms: float | None
+    latency: list[Timing] | None  # [FP, quantized], timed in turns
 
 
 class TaskRunner:
@@ -106,7 +106,7 @@ class TaskRunner:
         self.datasets: dict[tuple, object] = {}
         self.calib_batches: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._layers: dict[tuple, object] = {}
-        self._fp_latency: dict[tuple, float | None] = {}
+        self._fp_latency: dict[tuple, Timing | None] = {}
         self.bounds_memo = BoundsMemo()  # stage-one reuse (2DQuant after DOBI on the same inputs)
         self.on_status: Callable[[str], None] | None = None  # the driver's progress bar, when in its process
 
@@ -151,12 +151,12 @@ class TaskRunner:
         size = self.matrix.cost.lr_size
         return analyze(self.model(cell), cell.model.name, cell.scale, qmodel, (size, size), self._layer_macs(cell))
 
-    def _fp_latency_ms(self, cell: Cell) -> float | None:
+    def _fp_timing(self, cell: Cell) -> Timing | None:
         key = (cell.model, cell.scale)
         if key not in self._fp_latency:
             lat = self.matrix.latency
-            self._fp_latency[key] = median_latency_ms(self.model(cell), lat.lr_size, lat.runs, self.device,
-                                                      seed=self.matrix.seed)
+            timings = interleaved_timings([self.model(cell)], lat.lr_size, lat.runs, self.device, seed=self.matrix.seed)
+            self._fp_latency[key] = None if timings is None else timings[0]
         return self._fp_latency[key]
 
     # ------------------------------------------------------------------------------------------ tasks
@@ -236,25 +236,23 @@ class TaskRunner:
             if hasattr(record, name):
                 setattr(record, name, value)
 
-    def _fill_latency(self, record: CellRecord, cell: Cell, latency_ms: float | None, kind: str) -> None:
-        lat = self.matrix.latency
-        record.latency_fp_ms = self._fp_latency_ms(cell)
-        record.latency_ms, record.latency_kind = latency_ms, kind
-        record.latency_runs, record.latency_lr_size = lat.runs, lat.lr_size
+    def _fill_latency(self, record: CellRecord, timing: Timing | None, fp_timing: Timing | None, kind: str) -> None:
+        fill_latency(record, timing, fp_timing, kind, self.matrix.latency.lr_size)
 
     def _baseline(self, cell: Cell, record: CellRecord) -> dict[str, bytes]:
         if cell.method.name != FP:
             return self._evaluate(BicubicUpsampler(cell.scale), cell, record)
         images = self._evaluate(self.model(cell), cell, record)
         self._fill_cost(record, self._cost(cell, None))
-        self._fill_latency(record, cell, self._fp_latency_ms(cell), "fp")
+        self._fill_latency(record, self._fp_timing(cell), self._fp_timing(cell), "fp")
         return images
 
     def _quantized(self, cell: Cell, qmodel: nn.Module, calibration: _Calibration,
                    record: CellRecord) -> dict[str, bytes]:
         images = self._evaluate(qmodel, cell, record)
         self._fill_cost(record, calibration.cost)
-        self._fill_latency(record, cell, calibration.latency_ms, "fake-quant")
+        fp_timing, timing = calibration.latency or (None, None)
+        self._fill_latency(record, timing, fp_timing, "fake-quant")
         record.calib_seconds, record.calib_cached = calibration.seconds, calibration.cached
         record.method_description = calibration.description
         return images
@@ -282,7 +280,7 @@ class TaskRunner:
             event = Calibrated(task.calib_key, fingerprint, seconds, bounds)
         self.bounds_memo.remember(cell, description, qmodel, seconds)
         lat = self.matrix.latency
-        latency = median_latency_ms(qmodel, lat.lr_size, lat.runs, self.device, seed=self.matrix.seed)
+        latency = interleaved_timings([fp_model, qmodel], lat.lr_size, lat.runs, self.device, seed=self.matrix.seed)
         return qmodel, _Calibration(seconds, cached, description, self._cost(cell, qmodel), latency), event
 
 

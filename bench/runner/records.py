@@ -69,12 +69,16 @@ class CellRecord:
     ops_counted: float | None = None
     speedup_counted: float | None = None
     cost_lr_size: list[int] | None = None
-    # --- measured latency: median of `latency_runs` forwards on a fixed LR input
+    # --- measured latency: median of `latency_runs` forwards on a fixed LR input after `latency_warmup`
+    # untimed ones; a quantized cell's FP reference is the FP model timed in turns with it (bench.runner.latency)
     latency_ms: float | None = None
     latency_fp_ms: float | None = None
     latency_kind: str | None = None  # "fp", or "fake-quant" (simulated quantization, not an int kernel)
     latency_runs: int | None = None
     latency_lr_size: int | None = None
+    latency_warmup: int | None = None
+    latency_times_ms: list[float] | None = None     # every timed forward (the spread in plots)
+    latency_fp_times_ms: list[float] | None = None
     # --- timings and provenance
     calib_seconds: float | None = None
     calib_cached: bool | None = None

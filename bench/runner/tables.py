@@ -107,6 +107,31 @@ class Table:
         return f"{self.model} x{self.scale}"
 
 
+# How a matrix variant of a built-in method is named in tables and figures: its distinguishing parameter.
+_PARAM_SUMMARIES = {("2dquant", "iters"): "{} DQC steps", ("ptq4sr", "iters"): "Pac {} iterations",
+                    ("percentile", "p"): "p={}", ("dobi", "variant"): "{} variant"}
+
+
+def display_names(records: list[dict]) -> dict[str, str]:
+    """Label -> the name shown in tables and figures. Registry names get their display name (minmax ->
+    MinMax); a matrix label of a built-in method (2dquant-tiny) becomes the method's display name with its
+    distinguishing parameter ("2DQuant (10 DQC steps)"); anything else, or a name two labels would share,
+    stays the label."""
+    names: dict[str, str] = {}
+    for r in records:
+        label, method = r["label"], r["method"]
+        if label in names:
+            continue
+        if label in DISPLAY_NAMES or method not in DISPLAY_NAMES:
+            names[label] = DISPLAY_NAMES.get(label, label)
+            continue
+        params = r.get("method_params") or {}
+        parts = [text.format(params[key]) for (m, key), text in _PARAM_SUMMARIES.items() if m == method and key in params]
+        names[label] = f"{DISPLAY_NAMES[method]} ({', '.join(parts)})" if parts else label
+    shown = list(names.values())
+    return {label: (name if shown.count(name) == 1 else label) for label, name in names.items()}
+
+
 def _bits_label(record: dict) -> tuple[str, str, tuple]:
     """(bits column text, group key, sort key: FP first, bicubic second, then widest bits first)."""
     w, a = record.get("w_bits"), record.get("a_bits")
@@ -169,11 +194,12 @@ def build_tables(records: list[dict], reference: list[ReferenceRow] | None = Non
 def _measured_rows(records: list[dict], columns: list[str]) -> list[Row]:
     by_row: dict[tuple, Row] = {}
     order: dict[tuple, tuple] = {}
+    shown = display_names(records)
     for index, r in enumerate(records):
         bits, group, sort_key = _bits_label(r)
         key = (r["label"], bits)
         if key not in by_row:
-            name = DISPLAY_NAMES.get(r["label"], r["label"])
+            name = shown[r["label"]]
             by_row[key] = Row(name, bits, group, {}, method=r["method"])
             order[key] = sort_key + (index,)
         dataset = r.get("dataset_label") or r["dataset"]
@@ -243,6 +269,8 @@ def _mark_bold(rows: list[Row], columns: list[str]) -> None:
         for dataset in columns:
             for metric, digits in METRICS:
                 shown = {id(r): _round(r.values.get((dataset, metric)), digits) for r in members}
+                if len(set(shown.values())) == 1:
+                    continue  # the whole group ties at the printed precision: no row is best
                 best = max((v for v in shown.values() if v is not None), default=None)
                 for r in members:
                     if best is not None and shown[id(r)] == best:
@@ -253,7 +281,8 @@ def _attach_tests(table: Table, records: list[dict]) -> None:
     """Each measured quantized row gets, per dataset, its paired Wilcoxon test against its group's best."""
     from bench.report.significance import compare_to_best
     table.significance = True
-    tests = {(c.dataset, DISPLAY_NAMES.get(c.label, c.label), c.bits): c for c in compare_to_best(records)}
+    shown = display_names(records)
+    tests = {(c.dataset, shown.get(c.label, c.label), c.bits): c for c in compare_to_best(records)}
     for row in table.rows:
         for dataset in table.datasets:
             found = None if row.reference else tests.get((dataset, row.label, row.bits))
@@ -345,11 +374,22 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
+def latex_caption(table: Table) -> str:
+    return (f"{table.model} x{table.scale}: PSNR (dB) / SSIM on the Y channel, FP and bicubic, then each "
+            f"bit-width (best of a group in bold, none when the group ties)")
+
+
+def latex_label(table: Table) -> str:
+    return "tab:" + re.sub(r"[^A-Za-z0-9]+", "-", f"{table.model}-x{table.scale}").strip("-")
+
+
 def render_latex(tables: list[Table]) -> str:
     parts = []
     for table in tables:
         per_dataset = len(METRICS) * (2 if table.delta else 1)
-        lines = [f"% {table.title}", r"\begin{tabular}{ll" + "c" * per_dataset * len(table.datasets) + "}",
+        lines = [f"% {table.title}; needs \\usepackage{{booktabs}}", r"\begin{table}[t]", r"\centering",
+                 rf"\caption{{{latex_escape(latex_caption(table))}}}", rf"\label{{{latex_label(table)}}}",
+                 r"\begin{tabular}{ll" + "c" * per_dataset * len(table.datasets) + "}",
                  r"\toprule",
                  "Method & Bits & " + " & ".join(rf"\multicolumn{{{per_dataset}}}{{c}}{{{latex_escape(table.headers[d])}}}"
                                                  for d in table.datasets) + r" \\",
@@ -368,6 +408,7 @@ def render_latex(tables: list[Table]) -> str:
             lines.append(" & ".join([label, latex_escape(row.bits)] + cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         lines += [f"% {latex_escape(significance_note(table))}"] if table.significance else []
+        lines.append(r"\end{table}")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
