@@ -179,3 +179,48 @@ def test_export_cli_refuses_a_file_without_model_and_scale(tmp_path, capsys, two
     assert code == 2
     assert capsys.readouterr().err.strip() == (f"bench: error: {tmp_path / 'b.pt'} does not record its model and scale "
                                                f"(a run's cached calibration): give --model NAME --scale S")
+
+
+DEPLOY_MATRIX = """
+name: deploy
+models:
+  - {name: imdn, scales: [2], weights: "imdn/IMDN_x{scale}.pth", scope: fp-edges}
+datasets:
+  - {name: Set5, crop: 32, max_images: 1}
+bits: [8]
+methods: [minmax]
+baselines: []
+calibration: {n: 2, patch: 32, seed: 0}
+latency: {runs: 1, lr_size: 32, runtime: onnxruntime}
+cost: {lr_size: 32}
+"""
+
+
+def test_matrix_records_carry_measured_packed_size_and_onnxruntime_latency(tmp_path, benchmark_root, train_root,
+                                                                            weights_dir):
+    from bench.runner.execute import RunOptions, run_matrix
+    from bench.runner.matrix import load_matrix
+    from bench.runner.records import read_records
+
+    matrix = tmp_path / "deploy.yaml"
+    matrix.write_text(DEPLOY_MATRIX, encoding="utf-8")
+    run_matrix(load_matrix(matrix), RunOptions(out=tmp_path / "r", data_root=benchmark_root, weights_dir=weights_dir,
+                                               train_root=train_root, progress=False))
+    (record,) = read_records(tmp_path / "r" / "records.jsonl")
+    # IMDN x2 fp-edges W8A8: 683,520 weight codes at one byte, 43,536 bytes of FP parameters, 17,696 bytes of
+    # scales/bounds; the safetensors header holds the names and the metadata (the run's meta: its length varies).
+    assert record["model_size_bytes"] == 683_520 + 43_536 + 17_696  # the cost model: codes + FP + bounds
+    assert record["packed_size_bytes"] - record["packed_header_bytes"] == record["model_size_bytes"]
+    assert record["latency_ort_fp32_ms"] > 0 and record["latency_ort_int8_ms"] > 0
+    assert record["latency_ort_speedup"] == pytest.approx(record["latency_ort_fp32_ms"] / record["latency_ort_int8_ms"])
+    assert record["latency_ort_threads"] == torch.get_num_threads()
+
+
+def test_matrix_latency_runtime_is_validated(tmp_path):
+    from bench.runner.matrix import load_matrix
+
+    matrix = tmp_path / "deploy.yaml"
+    matrix.write_text(DEPLOY_MATRIX.replace("runtime: onnxruntime", "runtime: tensorrt"), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"deploy.yaml: latency.runtime: 'tensorrt' is not a runtime; use torch or "
+                                          r"onnxruntime$"):
+        load_matrix(matrix)

@@ -90,6 +90,7 @@ class _Calibration:
     description: dict
     cost: object           # bench.cost.CostReport
     latency: list[Timing] | None  # [FP, quantized], timed in turns
+    deployment: dict | None = None  # measured packed size, onnxruntime latency (bench.export.measure)
 
 
 class TaskRunner:
@@ -254,6 +255,8 @@ class TaskRunner:
         fp_timing, timing = calibration.latency or (None, None)
         self._fill_latency(record, timing, fp_timing, "fake-quant")
         record.calib_seconds, record.calib_cached = calibration.seconds, calibration.cached
+        for name, value in (calibration.deployment or {}).items():
+            setattr(record, name, value)
         record.method_description = calibration.description
         return images
 
@@ -281,7 +284,21 @@ class TaskRunner:
         self.bounds_memo.remember(cell, description, qmodel, seconds)
         lat = self.matrix.latency
         latency = interleaved_timings([fp_model, qmodel], lat.lr_size, lat.runs, self.device, seed=self.matrix.seed)
-        return qmodel, _Calibration(seconds, cached, description, self._cost(cell, qmodel), latency), event
+        return qmodel, _Calibration(seconds, cached, description, self._cost(cell, qmodel), latency,
+                                    self._deployment(cell, qmodel)), event
+
+    def _deployment(self, cell: Cell, qmodel: nn.Module) -> dict:
+        """Measured packed size (always) and, with `latency: {runtime: onnxruntime}`, FP32 vs int8 in onnxruntime."""
+        from bench.export.measure import onnxruntime_latency_fields, packed_size_fields
+        try:
+            fields = packed_size_fields(qmodel)
+            lat = self.matrix.latency
+            if lat.runtime == "onnxruntime":
+                fields.update(onnxruntime_latency_fields(self.model(cell), qmodel, lat.lr_size, lat.runs,
+                                                         threads=torch.get_num_threads()))
+        except BenchError as exc:
+            return {"deployment_note": one_line(exc)}
+        return fields
 
 
 def _dump_bounds(qmodel: nn.Module, meta: dict) -> bytes:

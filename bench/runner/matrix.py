@@ -127,6 +127,7 @@ class EvalSpec:
 class LatencySpec:
     runs: int = 3
     lr_size: int = 128
+    runtime: str = "torch"  # "onnxruntime": also FP32 vs int8 QDQ in onnxruntime (bench.export), measured
 
 
 @dataclass(frozen=True)
@@ -195,13 +196,31 @@ def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise ConfigError(f"{where}: invalid YAML ({problem}); fix the syntax at that line") from None
+        raise ConfigError(yaml_error_message(path, exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a matrix must be a YAML mapping with keys models, datasets, methods, ...")
     return raw
+
+
+# Parser contexts that start at an opening bracket or quote: an unclosed one is reported by PyYAML where it
+# noticed (often the next line), so the message names the line of the opener instead.
+_UNCLOSED = {"while parsing a flow sequence": "the list opened with `[`",
+             "while parsing a flow mapping": "the mapping opened with `{`",
+             "while scanning a quoted scalar": "the quoted string"}
+
+
+def yaml_error_message(path: Path, exc: yaml.YAMLError) -> str:
+    """One line naming the line of the actual fault: the opener of an unclosed bracket or quote, else the
+    line where the parser stopped."""
+    problem_mark, context_mark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    opener = _UNCLOSED.get(getattr(exc, "context", None) or "")
+    if opener and context_mark is not None and problem_mark is not None and context_mark.line != problem_mark.line:
+        line = context_mark.line + 1
+        return (f"{path}:{line}: invalid YAML: {opener} on line {line} is not closed (the parser stopped on line "
+                f"{problem_mark.line + 1}: {problem}); close it on line {line}")
+    where = f"{path}:{problem_mark.line + 1}" if problem_mark is not None else str(path)
+    return f"{where}: invalid YAML ({problem}); fix the syntax at that line"
 
 
 class _Checker:
@@ -340,11 +359,14 @@ def _parse_datasets(value: Any, check: _Checker) -> tuple[DatasetSpec, ...] | st
         item = check.mapping(item, where)
         check.keys(item, _DATASET_KEYS, where)
         name = item.get("name")
-        if not isinstance(name, str) or name.lower() not in by_lower:
-            check.fail(f"unknown dataset {name!r} in `{where}`; known datasets: {', '.join(known)}")
+        # Any other name is a folder <name>/HR under the data root, as in `bench eval --dataset`; whether it
+        # exists is checked before the run starts (the data root is a command-line option).
+        if not isinstance(name, str) or not name.strip() or "/" in name or "\\" in name:
+            check.fail(f"bad dataset {name!r} in `{where}`; use a known dataset ({', '.join(known)}) or the name "
+                       f"of a folder <name>/HR under the data root")
         crop = check.int_value(item.get("crop"), f"{where}.crop", minimum=8, allow_none=True)
         max_images = check.int_value(item.get("max_images"), f"{where}.max_images", minimum=1, allow_none=True)
-        specs.append(DatasetSpec(by_lower[name.lower()], crop, max_images))
+        specs.append(DatasetSpec(by_lower.get(name.lower(), name), crop, max_images))
     return tuple(specs)
 
 
@@ -415,7 +437,9 @@ def parse_matrix(raw: dict, path: Path) -> MatrixSpec:
     ev = check.mapping(raw.get("eval"), "eval")
     check.keys(ev, {"lpips"}, "eval")
     lat = check.mapping(raw.get("latency"), "latency")
-    check.keys(lat, {"runs", "lr_size"}, "latency")
+    check.keys(lat, {"runs", "lr_size", "runtime"}, "latency")
+    if lat.get("runtime", "torch") not in ("torch", "onnxruntime"):
+        check.fail(f"latency.runtime: {lat['runtime']!r} is not a runtime; use torch or onnxruntime")
     cost = check.mapping(raw.get("cost"), "cost")
     check.keys(cost, {"lr_size"}, "cost")
 
@@ -432,7 +456,8 @@ def parse_matrix(raw: dict, path: Path) -> MatrixSpec:
         calibration=calibration,
         eval=EvalSpec(lpips=check.bool_value(ev.get("lpips", False), "eval.lpips")),
         latency=LatencySpec(runs=check.int_value(lat.get("runs", 3), "latency.runs", 0),
-                            lr_size=check.int_value(lat.get("lr_size", 128), "latency.lr_size", 8)),
+                            lr_size=check.int_value(lat.get("lr_size", 128), "latency.lr_size", 8),
+                            runtime=str(lat.get("runtime", "torch"))),
         cost=CostSpec(lr_size=check.int_value(cost.get("lr_size", 128), "cost.lr_size", 8)),
         save_images=check.bool_value(raw.get("save_images", False), "save_images"),
         seed=check.int_value(raw.get("seed", 0), "seed", 0),

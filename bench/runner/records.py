@@ -79,6 +79,16 @@ class CellRecord:
     latency_warmup: int | None = None
     latency_times_ms: list[float] | None = None     # every timed forward (the spread in plots)
     latency_fp_times_ms: list[float] | None = None
+    # --- measured deployment figures (bench.export.measure), beside the cost model's theoretical ones above:
+    # the `bench export --format packed` file, and with `latency: {runtime: onnxruntime}` FP32 vs int8 QDQ medians
+    packed_size_bytes: int | None = None
+    packed_header_bytes: int | None = None
+    latency_ort_fp32_ms: float | None = None
+    latency_ort_int8_ms: float | None = None
+    latency_ort_speedup: float | None = None
+    latency_ort_threads: int | None = None
+    latency_ort_note: str | None = None
+    deployment_note: str | None = None
     # --- timings and provenance
     calib_seconds: float | None = None
     calib_cached: bool | None = None
