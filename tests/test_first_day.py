@@ -313,3 +313,53 @@ def test_lpips_without_pyiqa_says_how_to_install_it(monkeypatch):
     assert values == [None, None] and not lpips.lpips_available()
     assert [str(w.message) for w in caught] == [lpips.PYIQA_MISSING]
     assert "pip install -e '.[lpips]'" in lpips.PYIQA_MISSING
+
+
+# ------------------------------------------------------------------------- matrices: YAML and datasets
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name: x\nmodels: [imdn]\ndatasets: [Set5]\nbits: [4, 2\nmethods: [minmax]\n",
+     ":4: invalid YAML: the list opened with `[` on line 4 is not closed (the parser stopped on line 5: expected ',' "
+     "or ']', but got ':'); close it on line 4"),
+    ("name: x\nmodels:\n  - {name: imdn\ndatasets: [Set5]\n",
+     ":3: invalid YAML: the mapping opened with `{` on line 3 is not closed (the parser stopped on line 4: expected "
+     "',' or '}', but got ':'); close it on line 3"),
+    ("name: \"x\nmodels: [imdn]\n", ":1: invalid YAML: the quoted string on line 1 is not closed (the parser stopped "
+                                    "on line 3: found unexpected end of stream); close it on line 1"),
+    ("name: x\n  bad: indent\n", ":2: invalid YAML (mapping values are not allowed here); fix the syntax at that line"),
+])
+def test_broken_yaml_names_the_line_of_the_fault(text, message, tmp_path):
+    from bench.errors import ConfigError
+    path = tmp_path / "broken.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_matrix(path)
+    assert str(caught.value) == f"{path}{message}"
+
+
+CUSTOM_SET = """\
+name: custom
+models:
+  - {{name: imdn, scales: [2], weights: random}}
+datasets: [{dataset}]
+baselines: [bicubic]
+latency: {{runs: 0}}
+"""
+
+
+def test_a_dataset_folder_that_works_in_eval_works_in_a_matrix(tmp_path, capsys):
+    root = _tiny_root(tmp_path)
+    (root / "Set5").rename(root / "MyPhotos")
+    assert main(["eval", "--model", "imdn", "--scale", "2", "--weights", "random", "--dataset", "MyPhotos",
+                 "--data-root", str(root), "--no-lpips", "--threads", "1", "--json"]) == 0
+    eval_record = json.loads(capsys.readouterr().out)
+    matrix = tmp_path / "custom.yaml"
+    matrix.write_text(CUSTOM_SET.format(dataset="MyPhotos"), encoding="utf-8")
+    stats = run_matrix(load_matrix(matrix), RunOptions(out=tmp_path / "run", data_root=root, progress=False))
+    record = read_records(tmp_path / "run" / "records.jsonl")[0]
+    assert (stats.errors, record["dataset"], record["images"]) == (0, "MyPhotos", eval_record["images"])
+
+    matrix.write_text(CUSTOM_SET.format(dataset="Set6"), encoding="utf-8")
+    with pytest.raises(BenchError) as caught:
+        run_matrix(load_matrix(matrix), RunOptions(out=tmp_path / "run6", data_root=root, progress=False))
+    assert str(caught.value).startswith(f"matrix custom.yaml: unknown dataset 'Set6': no folder {root / 'Set6' / 'HR'}")

@@ -88,13 +88,14 @@ def test_append_after_a_torn_line_repairs_the_file(tmp_path):
     ("models: [imdn]\ndatasets: [Set5]\nmethods: [minmax]\nbits: [w4x8]\n", "bad bits 'w4x8' in `bits`"),
     ("models: [imdn]\ndatasets: [Set5]\nmethods: [minmax]\nbitz: [4]\n", "unknown key 'bitz' in the matrix"),
     ("models: [nosuchmodel]\ndatasets: [Set5]\nmethods: [minmax]\n", "unknown model 'nosuchmodel'"),
-    ("models: [imdn]\ndatasets: [Set6]\nmethods: [minmax]\n", "unknown dataset 'Set6' in `datasets[0]`"),
+    ("models: [imdn]\ndatasets: [Set/6]\nmethods: [minmax]\n", "bad dataset 'Set/6' in `datasets[0]`"),
     ("models: [{name: imdn, scales: [5]}]\ndatasets: [Set5]\nmethods: [minmax]\n", "model 'imdn' has no x5"),
     ("models: [{name: imdn, scope: int8}]\ndatasets: [Set5]\nmethods: [minmax]\n",
      "unknown scope 'int8' in `models[0].scope`; use auto or one of: 2dquant, fp-edges, ptq4sr"),
     ("models: [imdn]\ndatasets: [Set5]\nmethods:\n  - {name: minmax, params: {nonsense: 1}}\n",
      "bad params for method 'minmax' in `methods[0].params`"),
-    ("models: [imdn]\ndatasets: [Set5\nmethods: [minmax]\n", ":3: invalid YAML ("),
+    ("models: [imdn]\ndatasets: [Set5\nmethods: [minmax]\n",
+     ":2: invalid YAML: the list opened with `[` on line 2 is not closed (the parser stopped on line 3: "),
 ])
 def test_matrix_errors_are_one_line_and_name_the_file(tmp_path, body, message):
     path = tmp_path / "bad.yaml"
