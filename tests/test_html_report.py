@@ -40,7 +40,7 @@ def smoke_run(tmp_path_factory, benchmark_root, weights_dir, train_root) -> Path
 @pytest.fixture(scope="module")
 def smoke_page(smoke_run, benchmark_root) -> Path:
     out = smoke_run / "report.html"
-    assert main(["report", "--run", str(smoke_run), "--image", "butterfly", "--crop", CROP,
+    assert main(["report", "--run", str(smoke_run), "--image", "butterfly", "--crop", CROP, "--threads", "1",
                  "--data-root", str(benchmark_root)]) == 0        # default --out: <run>/report.html
     return out
 
@@ -191,7 +191,7 @@ def test_5000_records_report_in_under_10_seconds(tmp_path, capsys):
     run.mkdir()
     (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     start = time.perf_counter()
-    assert main(["report", "--run", str(run), "--out", str(tmp_path / "big.html")]) == 0   # read, build, write
+    assert main(["report", "--run", str(run), "--out", str(tmp_path / "big.html"), "--threads", "1"]) == 0
     seconds = time.perf_counter() - start
     assert seconds < 10, f"{seconds:.1f} s for {len(records)} records"
     assert "(5100 cells, 51 tables," in capsys.readouterr().out
@@ -218,7 +218,7 @@ def test_several_runs_in_one_page_label_the_cells_they_share(tmp_path, capsys):
         (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         runs.append((run, records))
     out = tmp_path / "both.html"
-    assert main(["report", "--run", str(runs[0][0]), "--run", str(runs[1][0]), "--out", str(out)]) == 0
+    assert main(["report", "--run", str(runs[0][0]), "--run", str(runs[1][0]), "--out", str(out), "--threads", "1"]) == 0
     assert f"wrote {out} (40 cells, 1 tables," in capsys.readouterr().out
     html = out.read_text(encoding="utf-8")
     for (run, records) in runs:
@@ -226,6 +226,21 @@ def test_several_runs_in_one_page_label_the_cells_they_share(tmp_path, capsys):
         assert _page_cell(html, f"DOBI [{run.name}]|4", "Set5|psnr") in (f"{dobi['psnr']:.2f}",)
     # No saved SR images and no --image: the page says how to get a crop instead of recomputing models.
     assert "no crop chosen: this run saved no SR images" in html
+
+
+def test_size_chart_shows_measured_packed_sizes_beside_the_cost_model(tmp_path):
+    records = synthetic_records(models=1, images=3)[:20]                      # x2 Set5: FP, bicubic, 18 methods
+    for r in records:
+        if r["method"] == "dobi":
+            r["packed_size_bytes"] = r["model_size_bytes"] + 1234             # as bench.export.measure records it
+    html = build_report([RunRecords(RunDir(tmp_path), records)], None).html
+    chart = re.search(r'<svg class="chart"[^>]*aria-label="Set5: PSNR vs model size">.*?</svg>', html, re.S).group(0)
+    hollow = re.findall(r'<circle class="pt"[^>]*fill="white"[^>]*data-tip="([^"]*)"', chart, re.S)
+    assert len(hollow) == 3                                                   # DOBI at 4, 3 and 2 bits
+    assert all("(measured file)" in tip for tip in hollow)
+    assert "size 0.401 MB (measured file)" in " ".join(hollow)               # 4 bits: 400,000 + 1,234 bytes
+    assert ">DOBI (measured)</text>" in chart
+    assert "hollow markers" in html and "no measured file size" not in html
 
 
 def test_unknown_run_is_one_line_error(tmp_path, capsys):

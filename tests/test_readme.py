@@ -31,3 +31,12 @@ def test_the_demo_needs_nothing_outside_the_clone():
     assert [d.name for d in demo.datasets] == ["sample"]
     assert all((REPO / "models" / "weights" / f"swinir-light_x{s}.safetensors").is_file()
                for m in demo.models for s in m.scales)
+
+
+def test_ci_installs_chromium_before_the_readme_command():
+    # tests/test_html_report.py opens the `bench report` page in headless Chromium: CI installs Debian's package
+    # when it is missing, before the test command runs (and only warns if it cannot, so those tests then skip).
+    ci_lines = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    install = next(i for i, line in enumerate(ci_lines) if "apt-get install -y --no-install-recommends chromium" in line)
+    assert any(line.startswith("if ! command -v chromium") for line in ci_lines[:install])
+    assert install < ci_lines.index(readme_commands()[1])

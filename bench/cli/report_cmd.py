@@ -5,6 +5,8 @@ import argparse
 import os
 from pathlib import Path
 
+from bench.threads import add_threads_arg
+
 
 def _add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run name under --results-dir, or a run directory")
@@ -59,6 +61,7 @@ def register(subparsers) -> None:
     report.add_argument("--data-root", type=Path, default=None,
                         help="test-set root for the crop (default: $BENCH_DATA_ROOT, else <repo>/datasets)")
     report.add_argument("--device", default="cpu")
+    add_threads_arg(report)
     report.add_argument("--no-visual", action="store_true", help="leave the visual comparison out")
     report.add_argument("--screenshot", type=Path, default=None, metavar="FILE.png",
                         help="open the page in headless Chromium, check it has no JavaScript error, save a screenshot")
@@ -120,17 +123,20 @@ def visual_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
+    import datetime
+
     from bench.report.crops import CropRequest
     from bench.report.html import write_report
-    from bench.runner.provenance import timestamp
     from bench.runner.rundir import find_run
 
     runs = [find_run(name, args.results_dir) for name in args.run]
     data_root = args.data_root or (Path(os.environ["BENCH_DATA_ROOT"]) if os.environ.get("BENCH_DATA_ROOT") else None)
     request = None if args.no_visual else CropRequest(args.image, args.crop, args.dataset, args.scale, args.model,
-                                                      data_root, args.device)
+                                                      data_root, args.device, args.threads)
     out = args.out or runs[0].path / "report.html"
-    page = write_report(runs, out, request, generated=timestamp())
+    # Not bench.runner.provenance.timestamp: that module imports torch, which a report without a crop never needs.
+    generated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    page = write_report(runs, out, request, generated=generated)
     print(f"wrote {out} ({page.records} cells, {page.tables} tables, {out.stat().st_size / 1e3:.0f} kB)")
     return _screenshot(out, args.screenshot, args.window) if args.screenshot else 0
 

@@ -41,6 +41,7 @@ class CropRequest:
     model: str | None = None
     data_root: Path | None = None
     device: str = "cpu"
+    threads: int | None = None        # --threads, applied only when the panels are built (they may run models)
 
 
 def png_data_uri(image: np.ndarray) -> str:
@@ -78,8 +79,6 @@ def _default_crop(run: RunDir, cell_records: list[dict]) -> tuple[str, str] | No
 
 def build_crop_view(runs: list[tuple[RunDir, list[dict]]], request: CropRequest) -> CropView | str:
     """The crop panels, or a one-line note saying why there are none and how to get them."""
-    from bench.runner.visual import Crop, build_panels
-
     for run, records in runs:
         mine = _matching(records, request)
         if not mine:
@@ -93,7 +92,11 @@ def build_crop_view(runs: list[tuple[RunDir, list[dict]]], request: CropRequest)
                 return ("no crop chosen: this run saved no SR images (matrix `save_images: true`); pass "
                         "--image NAME --crop x,y,w,h to recompute the panels from the cached calibrations")
             image, crop_text = image or default[0], crop_text or default[1]
+        # Imported only now: bench.runner.visual loads torch and matplotlib, seconds on a busy CPU.
+        from bench.runner.visual import Crop, build_panels
+        from bench.threads import configure_threads
         crop = Crop.parse(crop_text)
+        configure_threads(request.threads)
         strip = build_panels(run, image, crop, dataset, scale, model, request.data_root, request.device)
         panels = [CropPanel(p.title.replace("\n", ", "), png_data_uri(p.image)) for p in strip.panels]
         caption = f"{model} x{scale}, {dataset} {image}, crop {crop_text} (x, y, w, h in HR pixels)"

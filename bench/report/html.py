@@ -21,7 +21,7 @@ from bench.report.crops import CropRequest, CropView, build_crop_view
 from bench.report.significance import ALPHA, MARKER, Comparison
 from bench.runner.records import latest_by_key, read_records
 from bench.runner.rundir import RunDir
-from bench.runner.tables import DISPLAY_NAMES, METRICS, Table, build_tables, render, significance_note
+from bench.runner.tables import DISPLAY_NAMES, METRICS, Table, build_tables, display_names, render, significance_note
 from bench.runner.tables import _fmt as format_value
 
 ASSETS = Path(__file__).with_name("assets")
@@ -86,7 +86,8 @@ def _ds(record: dict) -> str:
 
 
 def _name(record: dict) -> str:
-    return DISPLAY_NAMES.get(record["label"], record["label"])
+    """The name `bench table` shows (set by build_report from tables.display_names)."""
+    return record.get("_shown") or DISPLAY_NAMES.get(record["label"], record["label"])
 
 
 def _bits(record: dict) -> str:
@@ -168,7 +169,7 @@ def _table3(table: Table) -> str:
             f'<tbody>{"".join(body)}</tbody></table></div>{note}{failed}')
 
 
-def _significance_table(tables: list[Table]) -> str:
+def _significance_table(tables: list[Table], names: dict[str, str]) -> str:
     rows = []
     for table in tables:
         for row in table.rows:
@@ -184,7 +185,7 @@ def _significance_table(tables: list[Table]) -> str:
     for table, label, test in rows:
         verdict = ("best" if test.is_best else "not applicable (too few images)" if test.p_value is None
                    else f"significant (p < {ALPHA})" if test.significant else "not significant")
-        best = DISPLAY_NAMES.get(test.best_label, test.best_label)
+        best = names.get(test.best_label, test.best_label)
         body.append("<tr>" + "".join([
             _td(escape(table.model), classes="text"), _td(str(table.scale), table.scale),
             _td(escape(table.headers.get(test.dataset, test.dataset)), classes="text"), _td(escape(test.bits), classes="text"),
@@ -300,7 +301,7 @@ def _visual(view: CropView | str | None) -> str:
         return '<p class="note">Visual comparison skipped (--no-visual).</p>'
     if isinstance(view, str):
         return f'<p class="note">{escape(view)}</p>'
-    figures = "".join(f'<figure><img src="{p.data_uri}" alt="{escape(p.title)}" width="160"><figcaption>'
+    figures = "".join(f'<figure><img src="{p.data_uri}" alt="{escape(p.title)}" width="140"><figcaption>'
                       f'{escape(p.title)}</figcaption></figure>' for p in view.panels)
     # The selects name panels by index: the slider script takes the images from the figures above, so each PNG is
     # in the page once.
@@ -412,6 +413,9 @@ class ReportPage:
 
 def build_report(runs: list[RunRecords], crop: CropView | str | None, generated: str = "") -> ReportPage:
     records = [r for item in runs for r in item.records]
+    shown = display_names(records)
+    for record in records:
+        record["_shown"] = shown[record["label"]]
     tables = build_tables(records, significance=True)
     comparisons = [t for table in tables for row in table.rows for t in row.tests.values()]
     names = ", ".join(item.run.name for item in runs)
@@ -421,7 +425,7 @@ def build_report(runs: list[RunRecords], crop: CropView | str | None, generated:
          if tables else '<p class="note">No records.</p>'),
         ("significance", "Significance", '<p class="note">Paired Wilcoxon signed-rank test (scipy.stats.wilcoxon, '
          'two-sided) on per-image PSNR, each method against the best mean PSNR of its dataset and bit-width.</p>'
-         + _significance_table(tables)),
+         + _significance_table(tables, shown)),
         ("charts", "Charts", _charts(records)),
         ("per-image", "Per-image PSNR / SSIM", _per_image_tables(records)),
         ("visual", "Visual comparison", _visual(crop)),

@@ -17,6 +17,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf")
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 12, 28, 42
 LEGEND_ROW = 16
+LEGEND_COLUMN, LEGEND_CHARS = 175, 28   # two legend columns per chart; longer names are cut
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def render_chart(chart: Chart) -> str:
         return (f'<svg class="chart" width="{chart.width}" height="80" role="img">{title}'
                 f'<text x="{chart.width / 2}" y="50" text-anchor="middle">no values to plot</text></svg>')
     names = [s.name for s in chart.series] + [h.name for h in chart.hlines]
-    per_row = max(1, (chart.width - MARGIN_LEFT) // 130)
+    per_row = max(1, (chart.width - MARGIN_LEFT) // LEGEND_COLUMN)
     legend_rows = math.ceil(len(dict.fromkeys(names)) / per_row)
     frame = _Frame(chart, _x_ticks(chart, xs), nice_ticks(min(ys), max(ys)), legend_rows)
     height = chart.height
@@ -175,8 +176,8 @@ def _legend(names: list[str], colors: dict[str, str], chart: Chart, frame: _Fram
     parts = []
     unique = list(dict.fromkeys(names))
     for i, name in enumerate(unique):
-        x = frame.x0 + (i % per_row) * 130
+        x = frame.x0 + (i % per_row) * LEGEND_COLUMN
         y = chart.height - (math.ceil(len(unique) / per_row) - i // per_row) * LEGEND_ROW + 4
         parts.append(f'<rect x="{x}" y="{y - 8}" width="10" height="10" fill="{colors[name]}"/>'
-                     f'<text class="legend" x="{x + 14}" y="{y + 1}">{escape(name[:20])}</text>')
+                     f'<text class="legend" x="{x + 14}" y="{y + 1}">{escape(name[:LEGEND_CHARS])}</text>')
     return parts
