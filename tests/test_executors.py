@@ -146,12 +146,21 @@ def test_a_cell_arriving_twice_is_written_once(tmp_path, monkeypatch, smoke_refe
                                                train_root):
     import bench.runner.execute as execute
     monkeypatch.setattr(execute, "open_executor", lambda config, device: _Twice())
+    matrix = tmp_path / "smoke.yaml"  # the smoke matrix, saving its SR images (sent to the driver as bytes)
+    matrix.write_text(load_matrix("smoke").path.read_text(encoding="utf-8") + "save_images: true\n", encoding="utf-8")
     out = tmp_path / "twice"
-    stats = run_matrix(load_matrix("smoke"), RunOptions(out=out, data_root=benchmark_root, weights_dir=weights_dir,
-                                                        train_root=train_root, device="cpu", progress=False))
+    stats = run_matrix(load_matrix(matrix), RunOptions(out=out, data_root=benchmark_root, weights_dir=weights_dir,
+                                                       train_root=train_root, device="cpu", progress=False))
     assert (stats.computed, stats.calibrations) == (4, 2)
     assert [r["key"] for r in read_records(out / "records.jsonl")] == SMOKE_KEYS
-    _same_quality(_keyed(out), smoke_reference)
+    records = _keyed(out)
+    _same_quality(records, smoke_reference)
+    dobi = records["imdn/x2/dobi/W4A4/Set5[crop64]"]
+    assert dobi["images_dir"] == "images/imdn_x2_dobi_W4A4_Set5_crop64"
+    saved = sorted((out / dobi["images_dir"]).glob("*.png"))
+    assert [p.stem for p in saved] == ["baby", "bird", "butterfly", "head", "woman"]
+    from PIL import Image
+    assert Image.open(saved[0]).size == (128, 128)  # 64x64 LR crops at x2
 
 
 # ---------------------------------------------------------------------------------- --workers N processes
