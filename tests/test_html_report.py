@@ -96,7 +96,7 @@ def test_smoke_report_provenance_and_crop(smoke_run, smoke_page, weights_dir):
     records = read_records(smoke_run / "records.jsonl")
     digest = hashlib.sha256((weights_dir / "imdn" / "IMDN_x2.pth").read_bytes()).hexdigest()
     assert html.count(f">{digest}</td>") == 3                       # FP, MinMax, DOBI (bicubic has no weights)
-    assert f">{records[0]['git_commit']}</td>" in html and f">{records[0]['torch_version']}</td>" in html
+    assert f">{records[0]['git_commit'] or '–'}</td>" in html and f">{records[0]['torch_version']}</td>" in html
     dobi = next(r for r in records if r["label"] == "dobi")
     params = escape(json.dumps(dobi["method_description"]["params"], sort_keys=True))
     assert f"n=4, patch=32, seed=0; method {params}; {dobi['calib_seconds']:.1f} s" in html   # matrix + record
