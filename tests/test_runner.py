@@ -293,7 +293,7 @@ def test_smoke_matrix_and_reports(tmp_path, benchmark_root, weights_dir, train_r
     results_dir = str(tmp_path / "results")
     assert main(["results", "--results-dir", results_dir]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert listing[2].split()[:5] == ["smoke", "4", "4", "0", "imdn"]
+    assert listing[2].split()[:7] == ["smoke", "4", "/", "4", "0", "finished", "imdn"]  # the slice adds to the plan
 
     assert main(["table", "--run", "smoke", "--results-dir", results_dir]) == 0
     table = capsys.readouterr().out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from bench.cli.progress import show_progress
 from bench.threads import add_threads_arg, configure_threads
 
 
@@ -84,17 +85,15 @@ def run_command(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         train_root=args.calib or _env_path("BENCH_CALIB_DIR"),
         device=args.device, force=args.force, retry_errors=args.retry_errors,
-        progress=not args.no_progress, only=only,
+        progress=show_progress(args.no_progress), only=only, announce=print,
         executor=ExecutorConfig(args.executor, args.workers, args.address, args.gpus_per_task, args.threads))
     options.executor.check()
     if args.plan:
         from bench.runner.preview import format_preview, preview_run
         print(format_preview(preview_run(matrix, options)))
         return 0
-    stats = run_matrix(matrix, options)
-    for note in stats.skipped:
-        print(f"skipped (not available): {note}")
-    print(stats.summary())
+    stats = run_matrix(matrix, options)  # prints what it skips, and why, before it starts
+    print(stats.summary() + (f"; {len(stats.skipped)} entries skipped (listed above)" if stats.skipped else ""))
     return 1 if stats.errors else 0
 
 

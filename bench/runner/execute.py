@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class RunOptions:
     progress: bool = True
     only: dict[str, set[str]] = field(default_factory=dict)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where the tasks run
+    announce: Callable[[str], None] | None = None  # told each skipped entry (and why) before any work starts
 
 
 @dataclass
@@ -90,6 +92,8 @@ def run_matrix(matrix: MatrixSpec, options: RunOptions) -> RunStats:
         store = RecordStore(run.path)
         work = pending_work(matrix, options, store)
         stats.skipped = work.plan.skipped
+        for note in stats.skipped if options.announce is not None else ():
+            options.announce(f"skipped (not available): {note}")
         stats.total = len(work.plan.cells)
         stats.already_done = stats.total - len(work.pending)
         _write_run_meta(run, matrix, [c.key for c in work.plan.cells])
@@ -119,7 +123,8 @@ def _finished(cell: Cell, fingerprint: str, latest: dict[str, dict], retry_error
 
 
 def _write_run_meta(run: RunDir, matrix: MatrixSpec, planned: list[str]) -> None:
-    meta = record_plan(run.read_meta(), planned)  # `bench results` counts done / planned from it
+    same = run.matrix_copy.is_file() and run.matrix_copy.read_bytes() == Path(matrix.path).read_bytes()
+    meta = record_plan(run.read_meta(), planned, same)  # `bench results` counts done / planned from it
     now = provenance.timestamp()
     meta.update({"name": matrix.name, "matrix_path": str(matrix.path), "last_started": now,
                  "git_commit": provenance.git_commit()})

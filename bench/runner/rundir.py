@@ -95,15 +95,17 @@ PLANNED_KEY = "planned_cells"
 FINISHED, INCOMPLETE, RUNNING, UNKNOWN = "finished", "incomplete", "running", "plan unknown"
 
 
-def record_plan(meta: dict, cell_keys: list[str]) -> dict:
-    """`meta` (run.json) with the cells the latest `bench run` set out to compute."""
-    return {**meta, PLANNED_KEY: list(cell_keys)}
+def record_plan(meta: dict, cell_keys: list[str], same_matrix: bool) -> dict:
+    """`meta` (run.json) with the cells planned: those of this `bench run`, plus those planned before when
+    the matrix text is unchanged (so that `--only` slices add up to the whole matrix)."""
+    earlier = (meta.get(PLANNED_KEY) or []) if same_matrix else []
+    return {**meta, PLANNED_KEY: list(dict.fromkeys([*earlier, *cell_keys]))}
 
 
 def run_summary(run: RunDir) -> dict:
     """Done / planned / errors of a run, from the latest record of each planned cell.
 
-    `planned` is the plan of the latest `bench run` (after --only); a killed run has done < planned. Runs
+    `planned` is the plan of the `bench run`s of this matrix text (after --only); a killed run has done < planned. Runs
     written before plans were recorded have planned None, and count every recorded cell.
     """
     latest = latest_by_key(read_records(run.records))

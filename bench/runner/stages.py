@@ -182,6 +182,12 @@ def calibration_data(calib: CalibrationSpec, scale: int, folder: Path | None,
                      split: str = "calib") -> torch.Tensor:
     """The seeded batch of LR patches every method calibrates on (cached by bench.data.calib)."""
     from bench.data.calib import calibration_batch
+    if folder is None:
+        from bench.errors import ConfigError
+        raise ConfigError("calibration needs HR training images, never a test set: pass --calib DIR (or set "
+                          "BENCH_CALIB_DIR), e.g. a folder of T91 + BSD200 or DIV2K (the paper's) images; or set "
+                          "`calibration: {train_dir: sample-train}` in the matrix to calibrate on the nine embedded "
+                          "scikit-image photos, as the demo does")
     return calibration_batch(folder, scale, n=calib.n, patch=calib.patch, seed=calib.seed, split=split)
 
 
