@@ -37,6 +37,9 @@ _UnionType = types.UnionType  # `int | None` (typing.Union covers Optional[int])
 Bound = float | torch.Tensor
 # rule(x, quantizer) -> (lower, upper) for one tensor (the quantizer tells bits and kind).
 RangeRule = Callable[[torch.Tensor, FakeQuantizer], tuple[Bound, Bound]]
+# channel_rule(weight, quantizer) -> (lower (C,), upper (C,)) of all output channels at once, or None to fall back
+# to the range rule channel by channel (it must give the same bounds: it exists only to be faster).
+ChannelRule = Callable[[torch.Tensor, FakeQuantizer], "tuple[torch.Tensor, torch.Tensor] | None"]
 
 
 # ------------------------------------------------------------------------------------------------ params
@@ -223,9 +226,14 @@ def _apply(name: str, q: FakeQuantizer, bounds: tuple[Bound, Bound]) -> None:
         raise ConfigError(f"the range rule gave invalid bounds for quantizer {name}: {exc}") from exc
 
 
-def _weight_bounds(weight: torch.Tensor, q: FakeQuantizer, rule: RangeRule) -> tuple[Bound, Bound]:
+def _weight_bounds(weight: torch.Tensor, q: FakeQuantizer, rule: RangeRule,
+                   channel_rule: ChannelRule | None = None) -> tuple[Bound, Bound]:
     if not q.per_channel:
         return rule(weight, q)
+    if channel_rule is not None:
+        bounds = channel_rule(weight, q)
+        if bounds is not None:
+            return bounds
     # Per-channel: the same per-tensor rule on each output channel's slice.
     pairs = [rule(w_c, q) for w_c in weight.unbind(q.per_channel_axis)]
     lower = torch.tensor([float(lo) for lo, _ in pairs], dtype=torch.float64)
@@ -237,11 +245,13 @@ def _no_progress() -> None:
     return None
 
 
-def set_weight_bounds(qmodel: nn.Module, rule: RangeRule, on_done: Callable[[], None] = _no_progress) -> None:
-    """Apply `rule` to the FP weight of every weight quantizer (per output channel when per-channel)."""
+def set_weight_bounds(qmodel: nn.Module, rule: RangeRule, on_done: Callable[[], None] = _no_progress,
+                      channel_rule: ChannelRule | None = None) -> None:
+    """Apply `rule` to the FP weight of every weight quantizer (per output channel when per-channel; all channels
+    at once through `channel_rule` when given)."""
     for name, q, weight in weight_quantizers(qmodel):
         with torch.no_grad():
-            _apply(name, q, _weight_bounds(weight.detach(), q, rule))
+            _apply(name, q, _weight_bounds(weight.detach(), q, rule, channel_rule))
         on_done()
 
 
@@ -256,13 +266,15 @@ def set_activation_bounds(qmodel: nn.Module, batch: torch.Tensor, rule: RangeRul
 
 
 def set_bounds_from_rule(qmodel: nn.Module, ctx: CalibContext, rule: RangeRule,
-                         weight_rule: RangeRule | None = None, *, desc: str = "range rule") -> None:
+                         weight_rule: RangeRule | None = None, *, desc: str = "range rule",
+                         channel_rule: ChannelRule | None = None) -> None:
     """Every quantizer's bounds from a per-tensor rule: weights from their tensor (`weight_rule`, default
-    `rule`), activations from their input on `ctx.calib_batch`. A progress bar when `ctx.progress`."""
+    `rule`; `channel_rule` for all channels of a per-channel weight at once), activations from their input on
+    `ctx.calib_batch`. A progress bar when `ctx.progress`."""
     batch = ctx.require_batch()
     with tqdm(total=len(quantizers(qmodel)), desc=desc, unit="quantizer", disable=not ctx.progress,
               leave=False) as bar:
-        set_weight_bounds(qmodel, weight_rule or rule, lambda: bar.update(1))
+        set_weight_bounds(qmodel, weight_rule or rule, lambda: bar.update(1), channel_rule)
         set_activation_bounds(qmodel, batch, rule, lambda: bar.update(1))
 
 
@@ -276,5 +288,11 @@ class RangeRuleMethod(PTQMethod):
     def weight_range(self, w: torch.Tensor, quantizer: FakeQuantizer) -> tuple[Bound, Bound]:
         return self.range(w, quantizer)
 
+    def weight_range_per_channel(self, w: torch.Tensor, quantizer: FakeQuantizer):
+        """Optional: bounds of every output channel at once (tensors (C,)), equal to `weight_range` channel by
+        channel; None (the default) means "use weight_range per channel"."""
+        return None
+
     def calibrate(self, qmodel: nn.Module, ctx: CalibContext) -> None:
-        set_bounds_from_rule(qmodel, ctx, self.range, self.weight_range, desc=self.name or type(self).__name__)
+        set_bounds_from_rule(qmodel, ctx, self.range, self.weight_range, desc=self.name or type(self).__name__,
+                             channel_rule=self.weight_range_per_channel)

@@ -1,7 +1,9 @@
 """DBDC (density-based dual clipping), PTQ4SR stage 1, as a pure range rule (spec §4.4).
 
 Kept separate from the method so the rule can be tested against an independent histogram
-implementation and reused by other methods.
+implementation and reused by other methods. The histogram is read off the core's sorted view
+(bench.quant.range_search.histogram_counts: numpy.histogram's bins, exactly); `histogram` (torch.histc in
+float64) is the independent path it is checked against.
 
 Rule for one activation tensor:
   * 2048-bin histogram between min and max;
@@ -17,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from bench.quant.range_search import cached_sorted_view, histogram_counts
 
 DBDC_BINS = 2048
 # Elements per chunk when building the float64 histogram: bounds memory on 50M-element attention maps.
@@ -75,10 +79,11 @@ class DBDCRange:
 
 def dbdc_range(x: torch.Tensor, p: float, bins: int = DBDC_BINS) -> DBDCRange:
     """DBDC bounds of one activation tensor (see module docstring)."""
-    low, high = float(x.min()), float(x.max())
+    view = cached_sorted_view(x)
+    low, high = float(view.values[0, 0]), float(view.values[0, -1])
     if not high > low:  # constant tensor: nothing to clip; the quantizer handles the degenerate range
         return DBDCRange(low, high, 0, bins - 1)
-    counts = histogram(x, bins, low, high).tolist()
+    counts = histogram_counts(view, bins, low, high).tolist()
     lo, hi = shrink_bins(counts, p)
     width = (high - low) / bins
     return DBDCRange(low + width * (lo + 1), low + width * (hi + 1), lo, hi)

@@ -15,17 +15,24 @@ Variants (spec D1/D2; default "paper", recorded in results):
 At i = K the paper's two-sided candidate is the zero-width range l = u = m + R/2 (the quantizer then outputs
 that constant); it is kept as a candidate for fidelity and in practice never wins.
 
-The search is vectorised over candidates and chunked over both candidates and elements, so memory stays
-bounded on the 50M-element attention maps (2048 x 6 x 64 x 64) of the paper's calibration batch.
+The loss of every candidate is ||v - Q(v)||^2 with exact (float64) differences and sums. Two searches
+compute it (`search`, recorded in results):
+  * "sorted" (default): the core's range-search engine (bench.quant.range_search) sorts the tensor once and
+    evaluates each candidate in O(2^b log n) with the quantizer's own float32 rounding; per-channel weights are
+    searched all channels at once;
+  * "brute": every candidate on every element, vectorised over candidates and chunked over candidates and
+    elements (bounded memory on the 50M-element attention maps); the engine's test oracle.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from bench.quant.quantizer import ACT_GELU, ACT_SOFTMAX, FakeQuantizer, levels
+from bench.quant.range_search import SortedView, cached_sorted_view, sorted_view, two_bound_errors
 from methods.base import RangeRuleMethod
 from methods.registry import register_method
 
@@ -58,6 +65,24 @@ def dobi_grid(m: float, M: float, K: int, variant: str, one_sided: bool) -> Grid
     return Grid(lowers, torch.maximum(uppers, lowers))
 
 
+def dobi_grid_rows(m: np.ndarray, M: np.ndarray, K: int, variant: str, one_sided: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`dobi_grid` for rows of (min, max) at once: (lowers, uppers) float32 (R, C), the same arithmetic."""
+    count = K + 1 if variant == "paper" else K
+    i = np.arange(count, dtype=np.float64)[None, :]
+    m, M = np.asarray(m, dtype=np.float64)[:, None], np.asarray(M, dtype=np.float64)[:, None]
+    R = M - m
+    if one_sided:
+        step = R / (2 * K) if variant == "paper" else R / K
+        lowers = np.broadcast_to(m, (m.shape[0], count))
+        uppers = M - i * step
+    else:
+        step = R / (2 * K)
+        lowers = m + i * step
+        uppers = M - i * step
+    lowers, uppers = lowers.astype(np.float32), uppers.astype(np.float32)
+    return lowers, np.maximum(uppers, lowers)
+
+
 def grid_sq_errors(x: torch.Tensor, grid: Grid, bits: int, work: int = _WORK_ELEMENTS) -> torch.Tensor:
     """float64 sum over x of (x - Q(x; l_c, u_c))^2 for every candidate c (same arithmetic as the quantizer)."""
     flat = x.detach().reshape(-1).float()
@@ -76,21 +101,36 @@ def grid_sq_errors(x: torch.Tensor, grid: Grid, bits: int, work: int = _WORK_ELE
             xe = flat[e0:e0 + elem_chunk]
             q = torch.minimum(torch.maximum(xe, lo), hi)       # clip
             q.sub_(lo).div_(step).round_().mul_(step).add_(lo)  # step * round((v_c - l) / step) + l
-            q.sub_(xe)
-            sums[c0:c0 + cand_chunk] += q.double().square_().sum(dim=1)  # exact squares
+            # exact differences and squares: q and x are float32, so q - x is exact in float64
+            sums[c0:c0 + cand_chunk] += q.double().sub_(xe.double()).square_().sum(dim=1)
     return sums
 
 
-def pick(losses: torch.Tensor, ties_to_later: bool) -> int:
+def pick(losses: torch.Tensor | np.ndarray, ties_to_later: bool) -> int:
     """Index of the minimal loss: the last one among equal minima (paper, <=) or the first (code, <)."""
-    best = losses.min()
-    hits = torch.nonzero(losses == best).flatten()
+    losses = losses.cpu().numpy() if isinstance(losses, torch.Tensor) else np.asarray(losses)
+    hits = np.flatnonzero(losses == losses.min())
     return int(hits[-1] if ties_to_later else hits[0])
 
 
+def search_rows(view: SortedView, bits: int, K: int, variant: str, one_sided: bool) -> tuple[np.ndarray, np.ndarray]:
+    """DOBI bounds of every row of a sorted view (one row per tensor, or per output channel): float32 (R,)."""
+    m, M = view.values[:, 0], view.values[:, -1]
+    lowers, uppers = dobi_grid_rows(m, M, K, variant, one_sided)
+    losses = two_bound_errors(view, lowers, uppers, bits)
+    best = np.array([pick(row, ties_to_later=variant == "paper") for row in losses])
+    rows = np.arange(view.rows)
+    lower, upper = lowers[rows, best], uppers[rows, best]
+    constant = ~(M > m)  # constant row: nothing to search
+    return np.where(constant, m, lower), np.where(constant, M, upper)
+
+
 def dobi_search(x: torch.Tensor, bits: int, K: int = 100, variant: str = "paper",
-                one_sided: bool = False) -> tuple[float, float]:
+                one_sided: bool = False, search: str = "sorted") -> tuple[float, float]:
     """DOBI bounds of one tensor (see module docstring)."""
+    if search == "sorted":
+        lower, upper = search_rows(cached_sorted_view(x), bits, K, variant, one_sided)
+        return float(lower[0]), float(upper[0])
     lower, upper = torch.aminmax(x.detach())
     m, M = float(lower), float(upper)
     if not M > m:  # constant tensor: nothing to search
@@ -108,6 +148,7 @@ class DOBI(RangeRuleMethod):
     class Params:
         variant: Literal["paper", "code"] = "paper"
         K: int = 100
+        search: Literal["sorted", "brute"] = "sorted"  # same bounds; brute = every candidate on every element
 
         def __post_init__(self) -> None:
             if self.K < 1:
@@ -117,4 +158,14 @@ class DOBI(RangeRuleMethod):
         return self.params.variant == "paper" and quantizer.kind in ONE_SIDED_KINDS
 
     def range(self, x: torch.Tensor, quantizer: FakeQuantizer) -> tuple[float, float]:
-        return dobi_search(x, quantizer.bits, self.params.K, self.params.variant, self.one_sided(quantizer))
+        p = self.params
+        return dobi_search(x, quantizer.bits, p.K, p.variant, self.one_sided(quantizer), p.search)
+
+    def weight_range_per_channel(self, w: torch.Tensor, quantizer: FakeQuantizer):
+        """All output channels in one search (the same bounds as channel by channel)."""
+        p = self.params
+        if p.search != "sorted":
+            return None
+        view = sorted_view(w, quantizer.per_channel_axis)
+        lower, upper = search_rows(view, quantizer.bits, p.K, p.variant, self.one_sided(quantizer))
+        return torch.from_numpy(lower.astype(np.float64)), torch.from_numpy(upper.astype(np.float64))

@@ -14,17 +14,23 @@ Neither the 2DQuant paper nor its code defines "EMMSE" (spec D15); this project'
   * the quantizer gets the bounds of that affine grid: l = -zero_point * scale, u = (2^b - 1 - zero_point) * scale,
     so 0 is exactly representable (unlike DOBI's real-valued bounds).
 It differs from DOBI by shrinking both ends toward 0 by a common factor and by the integer zero-point.
+The scores come from the core's sorted range search (bench.quant.range_search, exact sums with the fake-quant's own
+float32 rounding; all output channels of a per-channel weight at once), or with `search="brute"` from every
+candidate on every element (the test oracle); both give the same candidate.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from bench.quant.calibrate import capture_activations
 from bench.quant.pipeline import CalibContext
 from bench.quant.quantizer import FakeQuantizer, levels
+from bench.quant.range_search import SortedView, affine_errors, cached_sorted_view, sorted_view
 from methods.base import PTQMethod, set_weight_bounds
 from methods.registry import register_method
 
@@ -75,13 +81,30 @@ def mse_scores(x: torch.Tensor, lows: torch.Tensor, highs: torch.Tensor, bits: i
             # torch.fake_quantize_per_tensor_affine's arithmetic, for all candidates at once (several times
             # faster than its per-channel kernel): (clamp(round(x * (1/s)) + z, 0, N) - z) * s
             err = torch.round(xe * inv).add_(z).clamp_(0, levels(bits)).sub_(z).mul_(s)
-            err.sub_(xe)
-            sums[c0:c0 + cand_chunk] += err.double().square_().sum(dim=1)  # exact squares
+            # exact differences and squares: both are float32, so the float64 difference is exact
+            sums[c0:c0 + cand_chunk] += err.double().sub_(xe.double()).square_().sum(dim=1)
     return sums / flat.numel()
 
 
-def mse_range(x: torch.Tensor, bits: int, count: int = PER_TENSOR_CANDIDATES) -> tuple[float, float]:
+def mse_range_rows(view: SortedView, bits: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """`mse_range` of every row of a sorted view (a tensor, or each output channel): float32 (R,) each."""
+    m = torch.from_numpy(view.values[:, :1].copy())
+    M = torch.from_numpy(view.values[:, -1:].copy())
+    alpha = torch.tensor([1.0 - i * 0.01 for i in range(count)], dtype=torch.float32)
+    lows, highs = m * alpha, M * alpha                       # (R, C), as candidate_ranges
+    scale, zero_point = affine_qparams(lows, highs, bits)
+    scores = affine_errors(view, scale.numpy(), zero_point.numpy(), bits) / view.n
+    best = np.argmin(scores, axis=1)  # first minimum, as MQBench's strict <
+    rows = np.arange(view.rows)
+    return lows.numpy()[rows, best], highs.numpy()[rows, best]
+
+
+def mse_range(x: torch.Tensor, bits: int, count: int = PER_TENSOR_CANDIDATES,
+              search: str = "sorted") -> tuple[float, float]:
     """The candidate (min, max) with the lowest MSE (first one on ties), before the affine rounding."""
+    if search == "sorted":
+        lo, hi = mse_range_rows(cached_sorted_view(x), bits, count)
+        return float(lo[0]), float(hi[0])
     lower, upper = torch.aminmax(x.detach())
     lows, highs = candidate_ranges(float(lower), float(upper), count)
     scores = mse_scores(x, lows, highs, bits)
@@ -96,22 +119,31 @@ class EMMSE(PTQMethod):
     @dataclass(frozen=True)
     class Params:
         chunk: int = 0  # 0 = the whole calibration batch in one pass (EMA no-op); k > 0 = batches of k samples
+        search: Literal["sorted", "brute"] = "sorted"  # same bounds; brute = every candidate on every element
 
         def __post_init__(self) -> None:
             if self.chunk < 0:
                 raise ValueError(f"chunk={self.chunk} must be >= 0")
 
-    @staticmethod
-    def weight_range(w: torch.Tensor, quantizer: FakeQuantizer) -> tuple[float, float]:
+    def weight_range(self, w: torch.Tensor, quantizer: FakeQuantizer) -> tuple[float, float]:
         count = PER_CHANNEL_CANDIDATES if quantizer.per_channel else PER_TENSOR_CANDIDATES
-        return affine_bounds(*mse_range(w, quantizer.bits, count), quantizer.bits)
+        return affine_bounds(*mse_range(w, quantizer.bits, count, self.params.search), quantizer.bits)
+
+    def weight_range_per_channel(self, w: torch.Tensor, quantizer: FakeQuantizer):
+        """Every output channel in one sorted search (the same bounds as `weight_range` channel by channel)."""
+        if self.params.search != "sorted":
+            return None
+        lows, highs = mse_range_rows(sorted_view(w, quantizer.per_channel_axis), quantizer.bits, PER_CHANNEL_CANDIDATES)
+        pairs = [affine_bounds(float(lo), float(hi), quantizer.bits) for lo, hi in zip(lows, highs)]
+        return (torch.tensor([lo for lo, _ in pairs], dtype=torch.float64),
+                torch.tensor([hi for _, hi in pairs], dtype=torch.float64))
 
     def calibrate(self, qmodel: nn.Module, ctx: CalibContext) -> None:
-        set_weight_bounds(qmodel, self.weight_range)
+        set_weight_bounds(qmodel, self.weight_range, channel_rule=self.weight_range_per_channel)
         running: dict[str, tuple[float, float]] = {}
 
         def observe(name: str, q: FakeQuantizer, x: torch.Tensor) -> None:
-            lo, hi = mse_range(x, q.bits)
+            lo, hi = mse_range(x, q.bits, search=self.params.search)
             if name in running:  # EMA across batches; the first batch initialises
                 old_lo, old_hi = running[name]
                 lo, hi = EMA_DECAY * old_lo + (1 - EMA_DECAY) * lo, EMA_DECAY * old_hi + (1 - EMA_DECAY) * hi

@@ -2,8 +2,9 @@
 
 The quantile is numpy's default definition (method="linear"): with the values sorted ascending
 x_(0) <= ... <= x_(n-1), h = (n - 1) * q and quantile = x_(floor h) + (h - floor h) * (x_(floor h + 1) - x_(floor h)).
-It is computed exactly from order statistics (torch.topk / torch.kthvalue): torch.quantile refuses tensors
-above 16M elements and the attention maps have 50M.
+It is computed exactly from the order statistics of the core's sorted view (bench.quant.range_search, shared
+with the other range rules; SwinIR's q, k and v quantizers see one tensor and sort it once): torch.quantile
+refuses tensors above 16M elements and the attention maps have 50M.
 
 The paper does not state p (spec D14); default p = 1e-4 (0.01% / 99.99%), recorded in the results.
 Weights use min/max by default (`weights="minmax"`), or the same percentiles (`weights="percentile"`).
@@ -16,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from bench.quant import range_search
 from bench.quant.quantizer import FakeQuantizer
 from methods.base import RangeRuleMethod
 from methods.minmax import minmax_range
@@ -44,7 +46,12 @@ def order_statistic_pair(flat: torch.Tensor, index: int) -> tuple[float, float]:
 
 
 def quantile_linear(x: torch.Tensor, q: float) -> float:
-    """numpy.quantile(x, q) (method="linear"), exact, for any tensor size."""
+    """numpy.quantile(x, q) (method="linear"), exact, for any tensor size (from the sorted view)."""
+    return range_search.quantile_linear(range_search.cached_sorted_view(x), q)
+
+
+def quantile_by_selection(x: torch.Tensor, q: float) -> float:
+    """`quantile_linear` by selection (torch.topk / torch.kthvalue), without sorting: the independent check."""
     flat = x.detach().reshape(-1)
     n = flat.numel()
     h = (n - 1) * q

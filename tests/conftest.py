@@ -12,8 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+from bench.threads import prepare_runtime
+
+prepare_runtime()  # before torch is imported (passive OpenMP waits, huge-page allocations), as the CLI does
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BENCH_SHARED", REPO.parent / "shared"))

@@ -54,8 +54,8 @@ def _preload_plugins(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.threads import prepare_openmp
-    prepare_openmp()  # before anything imports torch
+    from bench.threads import prepare_runtime
+    prepare_runtime()  # before anything imports torch
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _preload_plugins(argv)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from bench.quant import range_search
 from bench.quant.quantizer import FakeQuantizer
 from bench.quant.surgery import activation_quantizers, weight_quantizers
 
@@ -50,6 +51,7 @@ def capture_activations(qmodel: nn.Module, batch: torch.Tensor, fn: TensorFn, ch
                 q.observer = _observer(name, q, fn, seen)
             qmodel(batch[start:start + step])
     finally:
+        range_search.clear_cache()  # the last sorted activation is not needed after the capture
         for _, q in acts:
             q.observer = None
         for q in weights:

@@ -12,6 +12,12 @@ At the two boundary points the clip counts the element for the bound as the rele
 (v <= l feeds l, v >= u feeds u, spec §2.4), which adds 1 to dv_q/dl at v == l and makes dv_q/du = 1 at v == u.
 
 The quantizer holds no range rule: methods set `lower`/`upper` (MQBench's observer/fake-quant split).
+
+Inference fast paths (the same numbers, bit for bit; tests/test_fake_quant_fast.py):
+  * without autograd, activations are quantized by `fake_quantize_inference`: the same float32 ops applied in
+    place, one cache-sized chunk at a time, so that a large activation goes through memory once instead of ~9 times;
+  * a weight quantizer in eval mode without autograd keeps its quantized weight and reuses it until the weight
+    or a bound changes (their version counters, storage and bit-width are the key); never in training mode.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ KINDS = (WEIGHT, ACT, ACT_SOFTMAX, ACT_GELU)
 # and `forward` never lets the step fall below _MIN_STEP (bounds that cross while fine-tuning).
 _DEGENERATE_WIDTH = 1e-6
 _MIN_STEP = 1e-12
+# Elements per chunk of the inference fast path: 1 MB of float32, resident in L2 across the chunk's six ops.
+_INFERENCE_CHUNK = 1 << 18
 
 Observer = Callable[[torch.Tensor], None]
 
@@ -108,6 +116,8 @@ class FakeQuantizer(nn.Module):
         self.calibrated = False
         self.observer: Observer | None = None
         self.grad_scale: float | None = None
+        self._cache_key: tuple | None = None
+        self._cached: torch.Tensor | None = None
 
     # ----------------------------------------------------------------------------------------- properties
     @property
@@ -168,11 +178,35 @@ class FakeQuantizer(nn.Module):
         if not self.calibrated:
             raise RuntimeError(f"{self.kind} quantizer ({self.bits}-bit) used before calibration: "
                                f"calibrate the quantized model with a method first")
+        if not (torch.is_grad_enabled() and (x.requires_grad or self.lower.requires_grad or self.upper.requires_grad)):
+            return self._forward_inference(x)
         lower, upper = self.lower, self.upper
         if self.grad_scale is not None:
             lower, upper = _scale_grad(lower, self.grad_scale), _scale_grad(upper, self.grad_scale)
         lower, upper = self._broadcast(lower, x), self._broadcast(upper, x)
         return fake_quantize(x, lower, upper, self.bits)
+
+    def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """No autograd: the fast paths (same values as `fake_quantize`; grad_scale changes no value)."""
+        if not self.is_weight or self.training:
+            self._cached = self._cache_key = None
+            return fake_quantize_inference(x, self._broadcast(self.lower, x), self._broadcast(self.upper, x), self.bits)
+        key = (x.data_ptr(), x._version, tuple(x.shape), x.dtype, x.device, self.lower.data_ptr(), self.lower._version,
+               self.upper.data_ptr(), self.upper._version, self.bits)
+        if key != self._cache_key:
+            self._cached = fake_quantize_inference(x, self._broadcast(self.lower, x), self._broadcast(self.upper, x),
+                                                   self.bits)
+            self._cache_key = key
+        return self._cached
+
+    def _apply(self, fn, recurse=True):
+        # .to(), .cuda(), .half() ...: the cached weight belongs to the old tensors
+        self._cached = self._cache_key = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = super().__getstate__()  # deepcopy/pickle: no stale cache travels with the copy
+        return {**state, "_cached": None, "_cache_key": None}
 
     def extra_repr(self) -> str:
         where = "per-tensor" if self.per_channel_axis is None else f"per-channel(axis={self.per_channel_axis})"
@@ -185,6 +219,38 @@ def fake_quantize(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bit
     step = torch.clamp((upper - lower) / n, min=_MIN_STEP)
     clipped = _ClipWithBoundGrads.apply(x, lower, upper)
     return step * _round_ste((clipped - lower) / step) + lower
+
+
+@torch.no_grad()
+def fake_quantize_inference(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bits: int) -> torch.Tensor:
+    """`fake_quantize` without autograd, computing the same float32 numbers with fewer passes over memory.
+
+    Per-tensor bounds on a dense tensor (any dimension order): the clip, shift, division, rounding, scaling and
+    offset of spec §2.3 run in place on one output buffer with x's strides, chunk by chunk. Anything else
+    (per-channel bounds, strided views, CUDA) takes the plain expression.
+    """
+    n = levels(bits)
+    step = torch.clamp((upper - lower) / n, min=_MIN_STEP)
+    if lower.numel() != 1 or x.numel() <= _INFERENCE_CHUNK or x.device.type != "cpu":
+        return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
+    # CPU: Python-float bounds take torch's vectorised scalar kernels (clamp with tensor bounds is ~10x slower);
+    # a float32 bound converted to float and back is the same number, and x / s is the same IEEE division.
+    lo, hi = float(lower), float(upper)
+    lower, step = lower.to(x.dtype), step.to(x.dtype)  # 0-dim tensors: no scalar wrapping per chunk
+    # Work on x's memory in order (any permutation of a dense tensor: NCHW, channels-last, SwinIR's k^T) and
+    # give the output x's strides, as the reference's elementwise ops do: a downstream conv picks its kernel by
+    # layout, and a different layout there would change the model's numbers.
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    dense = x.permute(order)
+    if not dense.is_contiguous():
+        return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
+    out = torch.empty_like(x)  # preserve_format: the strides of x
+    flat_in, flat_out = dense.view(-1), out.permute(order).view(-1)
+    for start in range(0, flat_in.numel(), _INFERENCE_CHUNK):
+        chunk = flat_out[start:start + _INFERENCE_CHUNK]
+        torch.clamp(flat_in[start:start + _INFERENCE_CHUNK], lo, hi, out=chunk)
+        chunk.sub_(lower).div_(step).round_().mul_(step).add_(lower)
+    return out
 
 
 def fake_quantize_values(x: torch.Tensor, lower: float, upper: float, bits: int) -> torch.Tensor:

@@ -1,0 +1,122 @@
+"""Inference fast paths of FakeQuantizer: chunked in-place activations and cached weights give the reference
+formula's numbers bit for bit, gradients are untouched, and the cache is invalidated when it must be."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.quant import FakeQuantizer, fake_quantize
+from bench.quant import quantizer as quantizer_module
+from bench.quant.quantizer import fake_quantize_inference
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _reference(x, lower, upper, bits):
+    with torch.no_grad():
+        return fake_quantize(x, lower, upper, bits)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels-last", "strided", "small"])
+def test_inference_path_equals_the_reference_formula_bit_for_bit(bits, layout):
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(3, 700, 200, generator=g) * 3
+    if layout == "transposed":
+        x = x.transpose(-2, -1)           # SwinIR's k^T operand
+    elif layout == "channels-last":
+        x = x.permute(2, 0, 1)            # an HWC image seen as CHW (bench.inference.to_tensor)
+    elif layout == "strided":
+        x = x[:, ::2, :]
+    elif layout == "small":
+        x = x[0, :10]
+    lower, upper = torch.tensor(-2.3), torch.tensor(4.1)
+    got = fake_quantize_inference(x, lower, upper, bits)
+    want = _reference(x, lower, upper, bits)
+    assert got.shape == want.shape and torch.equal(got, want)  # max |delta| = 0, not just <= 1 ulp of the step
+    assert got.stride() == want.stride()  # the layout too: downstream convs choose their kernel by it
+
+
+def test_inference_path_per_channel_and_degenerate_bounds():
+    x = torch.randn(8, 5, 3, 3, generator=torch.Generator().manual_seed(1))
+    lower = torch.linspace(-1, -0.1, 8).view(8, 1, 1, 1)
+    upper = torch.linspace(0.2, 2, 8).view(8, 1, 1, 1)
+    assert torch.equal(fake_quantize_inference(x, lower, upper, 3), _reference(x, lower, upper, 3))
+    flat = torch.full((300_000,), 0.5)
+    zero = torch.tensor(0.5)
+    assert torch.equal(fake_quantize_inference(flat, zero, zero, 4), _reference(flat, zero, zero, 4))
+
+
+def test_quantizer_forward_uses_the_fast_path_only_without_autograd(monkeypatch):
+    q = FakeQuantizer(4, "act")
+    q.set_bounds(-1.0, 1.0)
+    x = torch.randn(1000, requires_grad=True)
+    calls = []
+    original = quantizer_module.fake_quantize_inference
+    monkeypatch.setattr(quantizer_module, "fake_quantize_inference", lambda *a: calls.append(1) or original(*a))
+    y = q(x)                        # autograd on: the reference path, gradients flow to x and the bounds
+    y.sum().backward()
+    assert not calls and x.grad is not None and q.lower.grad is not None
+    with torch.no_grad():
+        z = q(x)
+    assert calls == [1] and torch.equal(z, y.detach())
+
+
+def test_weight_cache_is_reused_and_invalidated_by_bounds_weights_and_training():
+    w = torch.nn.Parameter(torch.randn(16, 8), requires_grad=False)
+    q = FakeQuantizer(4, "weight", per_channel_axis=0, channels=16)
+    q.set_bounds(w.amin(1), w.amax(1))
+    q.eval()
+    with torch.no_grad():
+        first = q(w)
+        assert q(w) is first                                   # cached
+        q.set_bounds(w.amin(1) * 0.5, w.amax(1) * 0.5)          # bounds changed: recomputed
+        second = q(w)
+        assert second is not first
+        assert torch.equal(second, _reference(w, q.lower.view(-1, 1), q.upper.view(-1, 1), 4))
+        w.mul_(2)                                              # weight changed in place: recomputed
+        assert not torch.equal(q(w), second)
+        q.train()                                              # training mode never caches
+        assert q(w) is not q(w)
+    q.eval()
+    q.lower.requires_grad_(True)
+    out = q(w)                                                 # autograd on with learnable bounds: no cache
+    assert out.requires_grad and q._cached is None
+
+
+def test_weight_cache_does_not_travel_with_a_copy():
+    import copy
+    w = torch.randn(4, 4)
+    q = FakeQuantizer(3, "weight")
+    q.set_bounds(-1.0, 1.0)
+    q.eval()
+    with torch.no_grad():
+        q(w)
+    assert q._cached is not None and copy.deepcopy(q)._cached is None
+
+
+def test_imdn_x2_w4a4_dobi_set5_psnr_unchanged(weights_dir, benchmark_root, train_root, monkeypatch):
+    """The fast paths and the sorted DOBI search together leave the committed Set5 PSNR unchanged (0.001 dB)."""
+    from bench.data.calib import calibration_batch
+    from bench.data.dataset import load_dataset
+    from bench.evaluate import evaluate
+    from bench.quant import CalibContext, quantize_with_method
+    from methods.registry import create_method
+    from models import create_model
+    fp = create_model("imdn", 2, weights=weights_dir / "imdn" / "IMDN_x2.pth")
+    batch = calibration_batch(train_root, 2, n=32, patch=64, seed=0)
+    qmodel, _ = quantize_with_method(fp, create_method("dobi"), 4, 4, CalibContext(calib_batch=batch, progress=False))
+    set5 = load_dataset("Set5", 2, data_root=benchmark_root)
+    fast = evaluate(qmodel, set5, 2, "cpu", lpips=False, progress=False).psnr
+    committed = next(r["psnr"] for r in map(json.loads, (REPO / "results/reference/imdn-w4a4.jsonl").open())
+                     if (r["method"], r["scale"], r["dataset"]) == ("dobi", 2, "Set5"))
+    assert fast == pytest.approx(committed, abs=1e-3)
+    # the reference formula on the same bounds gives the same PSNR (same numbers, not just close)
+    monkeypatch.setattr(FakeQuantizer, "_forward_inference",
+                        lambda self, x: fake_quantize(x, self._broadcast(self.lower, x), self._broadcast(self.upper, x),
+                                                      self.bits))
+    assert evaluate(qmodel, set5, 2, "cpu", lpips=False, progress=False).psnr == fast
