@@ -58,6 +58,7 @@ class TrainConfig:
     min_lr: float = 1e-7
     weight_decay: float = 0.0
     loss: str = "l1"              # "l1" (RGB) | "l1-y" (luma only, for networks that only predict Y, e.g. FSRCNN)
+    train_only: tuple[str, ...] = ()  # parameter-name globs to train, the others frozen (empty = all)
     out_dir: Path = Path(".cache/train")
     ckpt_every: int = 100
     val_every: int = 500
@@ -91,6 +92,8 @@ class TrainConfig:
         keys = ("model", "scale", "iters", "batch", "patch", "lr", "schedule", "warmup", "min_lr",
                 "weight_decay", "seed")
         out = {k: getattr(self, k) for k in keys}
+        if self.train_only:
+            out["train_only"] = list(self.train_only)
         out.update(loss=self.loss, optimizer="adam(0.9,0.99)", augment="hflip,vflip,transpose",
                    downscale="matlab-bicubic imresize")
         return out
@@ -279,6 +282,24 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup) / span)
     floor = cfg.min_lr / cfg.lr
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def freeze_all_but(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Freeze every parameter whose name matches none of the globs (FSRCNN's fine-tuning of the deconvolution
+    alone for another scale); returns the names left trainable, ConfigError if none."""
+    import fnmatch
+    if not patterns:
+        return [name for name, _ in model.named_parameters()]
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(fnmatch.fnmatchcase(name, p) for p in patterns))
+        if param.requires_grad:
+            trainable.append(name)
+    if not trainable:
+        names = ", ".join(name for name, _ in list(model.named_parameters())[:6])
+        raise ConfigError(f"--train-only {' '.join(patterns)} matches no parameter of the model; "
+                          f"parameter names look like: {names}")
+    return trainable
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -499,6 +520,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         report = init_from(model, cfg.init)
         init_source = str(cfg.init)
         _log(report.summary())
+    if cfg.train_only:
+        _log(f"training only: {', '.join(freeze_all_but(model, cfg.train_only))}")
     model.to(device).train()
     optimizer, scheduler = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None

@@ -40,6 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=0, metavar="N", help="linear lr warm-up iterations")
     p.add_argument("--min-lr", type=float, default=1e-7)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-only", action="append", default=[], metavar="GLOB",
+                   help="train only the parameters whose names match (repeatable; e.g. 'deconv.*' to fine-tune "
+                        "FSRCNN's deconvolution for another scale); the others stay frozen")
     p.add_argument("--loss", choices=["l1", "l1-y"], default="l1",
                    help="l1 on RGB (default) or on the Y channel only (networks that predict luma only, e.g. fsrcnn)")
     p.add_argument("--resume", type=Path, default=None, metavar="CKPT", help="continue a run from its checkpoint")
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, scale=args.scale, train_dir=args.train, val_dir=args.val, val_max=args.val_max,
         val_crop=args.val_crop, iters=args.iters, stop_at=args.stop_at, batch=args.batch, patch=args.patch,
         lr=args.lr, schedule=args.schedule, warmup=args.warmup, min_lr=args.min_lr, seed=args.seed, loss=args.loss,
+        train_only=tuple(args.train_only),
         out_dir=args.out or default_out_dir(args.model, args.scale), ckpt_every=args.ckpt_every,
         val_every=args.val_every, device=args.device, threads=args.threads, time_limit_min=args.time_limit,
         resume=args.resume, init=args.init, export=args.export, amp=not args.no_amp, progress=not args.no_progress,
