@@ -101,6 +101,12 @@ def test_a_run_over_a_writable_root_leaves_it_byte_for_byte_unchanged(tmp_path, 
                 "--data-root", str(root), "--device", "cpu", "--no-lpips", "--json", "--threads", "1"]
         assert main(args) == 0
         assert json.loads(capsys.readouterr().out)["dataset"] == dataset
+    matrix = tmp_path / "m.yaml"  # and `bench run` over the same root
+    matrix.write_text("name: m\nmodels:\n  - {name: fsrcnn, scales: [3], weights: random}\n"
+                      "datasets: [Mine, sample]\nbaselines: [fp, bicubic]\n", encoding="utf-8")
+    assert main(["run", "--matrix", str(matrix), "--data-root", str(root), "--out", str(tmp_path / "run"),
+                 "--device", "cpu", "--no-progress", "--threads", "1"]) == 0
+    assert "4 cells: 4 computed (0 errors)" in capsys.readouterr().out
     assert snapshot(root) == before
     lr_dir = cached_lr_dir("Mine", list_images(root / "Mine" / "HR"), 2)
     assert sorted(p.name for p in lr_dir.glob("*.png")) == ["im0x2.png", "im1x2.png"]
