@@ -108,6 +108,9 @@ def test_a_run_over_a_writable_root_leaves_it_byte_for_byte_unchanged(tmp_path, 
                  "--device", "cpu", "--no-progress", "--threads", "1"]) == 0
     assert "4 cells: 4 computed (0 errors)" in capsys.readouterr().out
     assert snapshot(root) == before
+    assert main(args[:8] + ["Mine", "--write-lr"] + args[9:]) == 0  # asked for: into the set's own folder
+    assert sorted(p.name for p in (root / "Mine" / "LR_bicubic" / "X2").iterdir()) == ["GENERATED", "im0x2.png",
+                                                                                       "im1x2.png"]
     lr_dir = cached_lr_dir("Mine", list_images(root / "Mine" / "HR"), 2)
     assert sorted(p.name for p in lr_dir.glob("*.png")) == ["im0x2.png", "im1x2.png"]
     assert (cache_dir() / "sample" / "HR" / "astronaut.png").is_file()

@@ -44,6 +44,9 @@ def register(subparsers) -> None:
                    help="tiled inference with LR tiles of N pixels (off by default; recorded in the output)")
     p.add_argument("--no-generate-lr", action="store_true",
                    help="fail instead of generating a missing LR folder")
+    p.add_argument("--write-lr", action="store_true",
+                   help="write generated LR into the set's own LR_bicubic/X<s> folder under the data root "
+                        "(default: the cache; same as BENCH_WRITE_LR=1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     q = p.add_argument_group("quantized evaluation (optional)")
@@ -189,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     device = _check_device(args.device)
     validate_request(args)  # before load_dataset, which may write a missing LR folder
     dataset = load_dataset(args.dataset, args.scale, data_root=args.data_root,
-                           generate_lr=not args.no_generate_lr)
+                           generate_lr=not args.no_generate_lr, write_lr=True if args.write_lr else None)
     model, quant = build_model(args, device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
