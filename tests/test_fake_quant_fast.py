@@ -22,7 +22,8 @@ def _reference(x, lower, upper, bits):
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels-last", "strided", "small"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels-last", "strided", "small",
+                                    "channel-slice-of-one"])
 def test_inference_path_equals_the_reference_formula_bit_for_bit(bits, layout):
     g = torch.Generator().manual_seed(bits)
     x = torch.randn(3, 700, 200, generator=g) * 3
@@ -32,6 +33,8 @@ def test_inference_path_equals_the_reference_formula_bit_for_bit(bits, layout):
         x = x.permute(2, 0, 1)            # an HWC image seen as CHW (bench.inference.to_tensor)
     elif layout == "strided":
         x = x[:, ::2, :]
+    elif layout == "channel-slice-of-one":
+        x = x[:1, :500]                   # IMDN's channel split of a batch of one: contiguous, odd size-1 stride
     elif layout == "small":
         x = x[0, :10]
     lower, upper = torch.tensor(-2.3), torch.tensor(4.1)

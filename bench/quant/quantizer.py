@@ -231,7 +231,7 @@ def fake_quantize_inference(x: torch.Tensor, lower: torch.Tensor, upper: torch.T
     """
     n = levels(bits)
     step = torch.clamp((upper - lower) / n, min=_MIN_STEP)
-    if lower.numel() != 1 or x.numel() <= _INFERENCE_CHUNK or x.device.type != "cpu":
+    if lower.numel() != 1 or x.device.type != "cpu":
         return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
     # CPU: Python-float bounds take torch's vectorised scalar kernels (clamp with tensor bounds is ~10x slower);
     # a float32 bound converted to float and back is the same number, and x / s is the same IEEE division.
@@ -240,12 +240,20 @@ def fake_quantize_inference(x: torch.Tensor, lower: torch.Tensor, upper: torch.T
     # Work on x's memory in order (any permutation of a dense tensor: NCHW, channels-last, SwinIR's k^T) and
     # give the output x's strides, as the reference's elementwise ops do: a downstream conv picks its kernel by
     # layout, and a different layout there would change the model's numbers.
-    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
-    dense = x.permute(order)
-    if not dense.is_contiguous():
-        return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
-    out = torch.empty_like(x)  # preserve_format: the strides of x
-    flat_in, flat_out = dense.view(-1), out.permute(order).view(-1)
+    # (A contiguous x may carry odd strides on size-1 dims, e.g. a channel slice of a batch of one: the output is
+    # then plainly contiguous, as the reference's is.)
+    if x.is_contiguous():
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        flat_in, flat_out = x.reshape(-1), out.view(-1)
+    else:
+        # dims from outermost to innermost memory order, size-1 dims outermost (as TensorIterator lays out outputs)
+        order = sorted(range(x.dim()), key=lambda d: (x.shape[d] != 1, -x.stride(d)))
+        dense = x.permute(order)
+        if not dense.is_contiguous():
+            return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
+        buffer = torch.empty([x.shape[d] for d in order], dtype=x.dtype, device=x.device)
+        out = buffer.permute([order.index(d) for d in range(x.dim())])
+        flat_in, flat_out = dense.reshape(-1), buffer.view(-1)
     for start in range(0, flat_in.numel(), _INFERENCE_CHUNK):
         chunk = flat_out[start:start + _INFERENCE_CHUNK]
         torch.clamp(flat_in[start:start + _INFERENCE_CHUNK], lo, hi, out=chunk)
