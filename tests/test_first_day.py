@@ -376,6 +376,7 @@ datasets:
   - {name: sample, crop: 16, max_images: 1}
 baselines: [bicubic]
 latency: {runs: 0}
+all_models_weights: default
 """
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +12,12 @@ import torch
 import bench.runner.stages
 import models
 from bench.cli import main
+from bench.errors import ConfigError
 from bench.runner.matrix import load_matrix
 from bench.runner.plan import make_plan
 from bench.runner.records import read_records
+
+REPO_MATRICES = Path(__file__).resolve().parents[1] / "matrices"
 
 
 @pytest.fixture
@@ -96,3 +100,25 @@ def test_plan_reports_done_cells_and_estimates_from_recorded_times(tmp_path, ben
     (out / "records.jsonl").write_text("", encoding="utf-8")
     assert main(base + ["--plan", "--only", "method=minmax"]) == 0
     assert _total(capsys.readouterr().out) == (1, 1, 0, 1, 1, 0, "unknown (1 task, no recorded time)")
+
+
+def test_full_matrix_takes_official_checkpoints_only_unless_asked(tmp_path, benchmark_root, weights_dir):
+    """`models: all` never mixes the project's shipped CPU-trained weights (SwinIR-light, FSRCNN) with official CNN
+    checkpoints unless `all_models_weights: default`; the skipped models are named with the reason."""
+    full = load_matrix("full")
+    assert full.all_models_weights == "official"
+    plan = make_plan(full, {"scale": {"2"}}, benchmark_root, weights_dir, load_models=False)
+    names = {c.model.name for c in plan.cells}
+    assert "imdn" in names and not names & {"swinir-light", "fsrcnn"}
+    assert any(note.startswith("swinir-light x2:") for note in plan.skipped)
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text((REPO_MATRICES / "full.yaml").read_text().replace("all_models_weights: official",
+                                                                       "all_models_weights: default"))
+    names = {c.model.name for c in make_plan(load_matrix(mixed), {"scale": {"2"}}, benchmark_root, weights_dir,
+                                             load_models=False).cells}
+    assert {"imdn", "swinir-light", "fsrcnn"} <= names
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO_MATRICES / "full.yaml").read_text().replace("all_models_weights: official",
+                                                                     "all_models_weights: shipped"))
+    with pytest.raises(ConfigError, match="all_models_weights"):
+        load_matrix(bad)

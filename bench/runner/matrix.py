@@ -24,6 +24,7 @@ Schema (every key but `models`, `datasets` and `methods`/`baselines` optional):
     cost: {lr_size: 128}
     save_images: false              # write every cell's SR outputs as PNG (for `bench visual`)
     seed: 0
+    all_models_weights: official    # with `models: all`: which weights each model uses (official | default)
 
 `weights`: omitted/"default" = the official file under `--weights-dir` if there, else the model's default
 weights (`models.create_model(weights=None)`: fetch cache, then the project's shipped weights); "official" =
@@ -54,7 +55,10 @@ ALL = "all"
 FALLBACK_DATASETS = ("Set5", "Set14", "B100", "Urban100", "Manga109", "sample")
 
 _TOP_KEYS = {"name", "description", "models", "scales", "datasets", "bits", "methods", "baselines",
-             "calibration", "eval", "latency", "cost", "save_images", "seed"}
+             "calibration", "eval", "latency", "cost", "save_images", "seed", "all_models_weights"}
+# `models: all` takes official checkpoints only unless asked: the project's CPU-trained (shipped) weights are not
+# mixed with official ones in one table by accident.
+ALL_MODELS_WEIGHTS = ("official", "default")
 _MODEL_KEYS = {"name", "scales", "weights", "scope"}
 _DATASET_KEYS = {"name", "crop", "max_images"}
 _METHOD_KEYS = {"name", "label", "params", "bits"}
@@ -152,6 +156,7 @@ class MatrixSpec:
     cost: CostSpec = field(default_factory=CostSpec)
     save_images: bool = False
     seed: int = 0
+    all_models_weights: str = "official"
 
     @property
     def expands_registries(self) -> bool:
@@ -160,6 +165,13 @@ class MatrixSpec:
 
 
 # ------------------------------------------------------------------------------------------------ loading
+
+def _all_models_weights(value, check) -> str:
+    if value not in ALL_MODELS_WEIGHTS:
+        check.fail(f"`all_models_weights` must be one of {', '.join(ALL_MODELS_WEIGHTS)} (official: only official "
+                   f"checkpoints; default: also the project's shipped weights), got {value!r}")
+    return value
+
 
 def resolve_matrix_path(name_or_path: str | Path) -> Path:
     """A YAML path, or the name of a file in the repository's `matrices/` folder."""
@@ -461,4 +473,5 @@ def parse_matrix(raw: dict, path: Path) -> MatrixSpec:
         cost=CostSpec(lr_size=check.int_value(cost.get("lr_size", 128), "cost.lr_size", 8)),
         save_images=check.bool_value(raw.get("save_images", False), "save_images"),
         seed=check.int_value(raw.get("seed", 0), "seed", 0),
+        all_models_weights=_all_models_weights(raw.get("all_models_weights", "official"), check),
     )

@@ -41,7 +41,8 @@ def _models(matrix: MatrixSpec) -> list[ModelSpec]:
     if matrix.models != ALL:
         return list(matrix.models)
     from models.registry import list_models
-    return [ModelSpec(name, None) for name in list_models()]
+    weights = None if matrix.all_models_weights == "default" else matrix.all_models_weights
+    return [ModelSpec(name, None, weights) for name in list_models()]
 
 
 def _datasets(matrix: MatrixSpec) -> list[DatasetSpec]:
