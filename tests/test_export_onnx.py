@@ -162,12 +162,15 @@ def test_eval_onnx_on_imdn_matches_fake_quant_within_0_05_db(tmp_path, benchmark
     images = list(load_dataset("Set5", 2, data_root=benchmark_root))[:2]
     fake = evaluate(qmodel, images, 2, "cpu", lpips=False, progress=False).psnr
     ort = evaluate(OnnxSRModel(tmp_path / "imdn.onnx"), images, 2, "cpu", lpips=False, progress=False).psnr
-    assert round(fake, 2) == 41.03
+    # 41.034 at 1 torch thread, 41.039 at 2 (the convs' summation order moves a few 8-bit roundings): a pinned
+    # second decimal would sit on that edge, so the check is to 0.01 dB
+    assert fake == pytest.approx(41.036, abs=0.01)
     assert abs(ort - fake) < 0.05
-    assert round(ort, 2) == ORT_IMDN_X2_W8A8_SET5_FIRST2
+    assert ort == pytest.approx(ORT_IMDN_X2_W8A8_SET5_FIRST2, abs=0.01)
 
 
-ORT_IMDN_X2_W8A8_SET5_FIRST2 = 41.02  # measured: baby + bird, fp-edges MinMax on 4 patches of 32x32
+# measured: baby + bird, fp-edges MinMax on 4 patches of 32x32; 41.019 with 1 torch thread, 41.03x with 2
+ORT_IMDN_X2_W8A8_SET5_FIRST2 = 41.027
 
 
 def test_export_cli_refuses_a_file_without_model_and_scale(tmp_path, capsys, two_conv):
