@@ -2,8 +2,8 @@
 
 Kept separate from the method so the rule can be tested against an independent histogram
 implementation and reused by other methods. The histogram is read off the core's sorted view
-(bench.quant.range_search.histogram_counts: numpy.histogram's bins, exactly); `histogram` (torch.histc in
-float64) is the independent path it is checked against.
+(bench.quant.range_search.histogram_counts: numpy.histogram's bins, exactly); tests/test_ptq4sr.py checks the rule
+against numpy.histogram and a plain loop.
 
 Rule for one activation tensor:
   * 2048-bin histogram between min and max;
@@ -23,8 +23,6 @@ import torch
 from bench.quant.range_search import cached_sorted_view, histogram_counts
 
 DBDC_BINS = 2048
-# Elements per chunk when building the float64 histogram: bounds memory on 50M-element attention maps.
-_CHUNK = 1 << 22
 
 
 def dbdc_mass(bits: int) -> float:
@@ -33,20 +31,6 @@ def dbdc_mass(bits: int) -> float:
     (The yml key `percentile` is never passed to the quantizer, spec D16.)
     """
     return 1e-4 if bits < 8 else 1e-5
-
-
-def histogram(x: torch.Tensor, bins: int, low: float, high: float) -> torch.Tensor:
-    """Counts of `x` in `bins` equal bins over [low, high], computed in float64 (int64 counts).
-
-    float64 keeps the bin assignment identical to numpy.histogram up to values within ~1e-16 of an
-    edge; float32 would misplace about one element in 2,500 near a bin edge.
-    """
-    flat = x.detach().reshape(-1)
-    counts = torch.zeros(bins, dtype=torch.float64, device=flat.device)
-    for start in range(0, flat.numel(), _CHUNK):
-        chunk = flat[start:start + _CHUNK].to(torch.float64)
-        counts += torch.histc(chunk, bins=bins, min=low, max=high)
-    return counts.round().to(torch.int64)
 
 
 def shrink_bins(counts: list[int], p: float) -> tuple[int, int]:

@@ -11,7 +11,6 @@ Weights use min/max by default (`weights="minmax"`), or the same percentiles (`w
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,43 +22,10 @@ from methods.base import RangeRuleMethod
 from methods.minmax import minmax_range
 from methods.registry import register_method
 
-# Beyond this many order statistics from one end, a selection (kthvalue) beats a partial sort (topk).
-_TOPK_LIMIT = 1 << 20
-
-
-def _smallest(flat: torch.Tensor, count: int) -> torch.Tensor:
-    """The `count` smallest values of `flat`, ascending."""
-    return torch.topk(flat, count, largest=False, sorted=True).values
-
-
-def order_statistic_pair(flat: torch.Tensor, index: int) -> tuple[float, float]:
-    """(x_(index), x_(index + 1)) of the ascending order statistics (0-based; index + 1 clamped to n - 1)."""
-    n = flat.numel()
-    nxt = min(index + 1, n - 1)
-    if nxt + 1 <= _TOPK_LIMIT:
-        values = _smallest(flat, nxt + 1)
-        return float(values[index]), float(values[nxt])
-    if n - index <= _TOPK_LIMIT:  # near the top: the largest n - index values, descending
-        values = torch.topk(flat, n - index, largest=True, sorted=True).values
-        return float(values[n - 1 - index]), float(values[n - 1 - nxt])
-    return float(torch.kthvalue(flat, index + 1).values), float(torch.kthvalue(flat, nxt + 1).values)
-
 
 def quantile_linear(x: torch.Tensor, q: float) -> float:
     """numpy.quantile(x, q) (method="linear"), exact, for any tensor size (from the sorted view)."""
     return range_search.quantile_linear(range_search.cached_sorted_view(x), q)
-
-
-def quantile_by_selection(x: torch.Tensor, q: float) -> float:
-    """`quantile_linear` by selection (torch.topk / torch.kthvalue), without sorting: the independent check."""
-    flat = x.detach().reshape(-1)
-    n = flat.numel()
-    h = (n - 1) * q
-    index = min(int(math.floor(h)), n - 1)
-    below, above = order_statistic_pair(flat, index)
-    frac = h - index
-    # numpy's lerp, in float64: b - (b - a) * (1 - t) when t >= 0.5 (monotone, exact at the ends)
-    return above - (above - below) * (1.0 - frac) if frac >= 0.5 else below + (above - below) * frac
 
 
 def percentile_range(x: torch.Tensor, p: float) -> tuple[float, float]:
