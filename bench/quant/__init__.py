@@ -17,6 +17,7 @@ from bench.quant.quantizer import (
                                    fake_quantize_values,
                                    lsq_grad_scale,
 )
+from bench.quant.qtypes import list_quantizer_types, make_quantizer, register_quantizer_type, replace_quantizer
 from bench.quant.scopes import AUTO, LayerRule, Scope, get_scope, list_scopes, register_scope, resolve_scope
 from bench.quant.surgery import (
                                    QuantConfig,
@@ -24,6 +25,7 @@ from bench.quant.surgery import (
                                    bound_parameters,
                                    quantize_model,
                                    quantizers,
+                                   rewrite_fp_tensor,
                                    set_quant_enabled,
                                    uncalibrated,
                                    weight_quantizers,
@@ -35,7 +37,8 @@ __all__ = [
     "QuantLinear", "QuantConv2d", "QuantMatMul", "SplitQuantLinear",
     "LayerRule", "Scope", "register_scope", "get_scope", "list_scopes", "resolve_scope",
     "QuantConfig", "quantize_model", "quantizers", "activation_quantizers", "weight_quantizers",
-    "bound_parameters", "set_quant_enabled", "uncalibrated",
+    "bound_parameters", "set_quant_enabled", "uncalibrated", "rewrite_fp_tensor",
+    "register_quantizer_type", "make_quantizer", "replace_quantizer", "list_quantizer_types",
     "capture_activations", "capture_weights",
     "save_quantized", "load_quantized", "read_quantized",
     "CalibContext", "quantize_with_method",

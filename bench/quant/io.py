@@ -2,6 +2,9 @@
 
 Loading rebuilds the quantized copy from the FP model with the saved config and copies the bounds in;
 a file made for another model (different quantizer names, count or shapes) is a CheckpointError.
+Version 2 adds, per quantizer, its type (`qtypes` registry) and learned state (`quant_state()`, e.g. a
+learned rounding), and the FP tensors a method rewrote in its copy (`surgery.rewrite_fp_tensor`); version-1
+files load as before (uniform quantizers, no state, no rewritten tensors).
 """
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ import torch
 import torch.nn as nn
 
 from bench.errors import CheckpointError
-from bench.quant.surgery import QuantConfig, quantize_model, quantizers
+from bench.quant.qtypes import make_quantizer, replace_quantizer
+from bench.quant.surgery import QuantConfig, quantize_model, quantizers, rewrite_fp_tensor, rewritten_fp_tensors
 
 FORMAT = "sr-ptq-bench/quantized"
-VERSION = 1
+VERSION = 2
 
 
 def save_quantized(qmodel: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
@@ -33,9 +37,11 @@ def save_quantized(qmodel: nn.Module, path: str | Path, meta: dict | None = None
             # Python floats (exact for float32) rather than one tensor record per scalar: a smaller file.
             name: {"lower": q.lower.detach().cpu().flatten().tolist(),
                    "upper": q.upper.detach().cpu().flatten().tolist(), "shape": list(q.lower.shape),
-                   "bits": q.bits, "kind": q.kind, "calibrated": bool(q.calibrated), "grad_scale": q.grad_scale}
+                   "bits": q.bits, "kind": q.kind, "calibrated": bool(q.calibrated), "grad_scale": q.grad_scale,
+                   "qtype": q.quant_type, "state": {k: v.detach().cpu() for k, v in q.quant_state().items()}}
             for name, q in quantizers(qmodel)
         },
+        "rewritten": {name: t.cpu().clone() for name, t in rewritten_fp_tensors(qmodel).items()},
         # JSON-safe (paths become strings) so that the file loads with weights_only=True.
         "meta": json.loads(json.dumps(dict(meta or {}), default=str)),
     }
@@ -78,8 +84,16 @@ def load_quantized(path: str | Path, fp_model: nn.Module) -> nn.Module:
         raise CheckpointError(f"{path} was made for another model: it has {len(saved)} quantizers, this "
                               f"{type(fp_model).__name__} needs {len(mine)} (missing e.g. {missing}, unexpected "
                               f"e.g. {extra}); quantize this model again")
-    for name, q in mine.items():
+    for name, q in list(mine.items()):
         entry = saved[name]
+        qtype = entry.get("qtype", "uniform")
+        if qtype != q.quant_type:
+            try:
+                q = make_quantizer(qtype, q)
+            except Exception as exc:
+                raise CheckpointError(f"{path}: quantizer {name} is of type {qtype!r}, which this installation "
+                                      f"cannot build ({exc}); load the plugin that registers it") from exc
+            replace_quantizer(qmodel, name, q)
         if entry["bits"] != q.bits or tuple(entry["shape"]) != tuple(q.lower.shape):
             raise CheckpointError(f"{path}: quantizer {name} has {entry['bits']} bits, shape "
                                   f"{tuple(entry['shape'])}; this model expects {q.bits} bits, shape "
@@ -89,6 +103,17 @@ def load_quantized(path: str | Path, fp_model: nn.Module) -> nn.Module:
             q.upper.copy_(torch.tensor(entry["upper"], dtype=q.upper.dtype).reshape(q.upper.shape))
         q.calibrated = bool(entry["calibrated"])
         q.grad_scale = entry["grad_scale"]
+        try:
+            q.load_quant_state(dict(entry.get("state", {})))
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"{path}: the saved state of quantizer {name} does not fit it ({exc}); "
+                                  f"quantize this model again") from exc
+    for name, value in record.get("rewritten", {}).items():
+        try:
+            rewrite_fp_tensor(qmodel, name, value)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: rewritten tensor {name} does not fit this {type(fp_model).__name__} "
+                                  f"({exc}); quantize this model again") from exc
     device = next((p.device for p in fp_model.parameters()), torch.device("cpu"))
     qmodel.to(device)
     qmodel.quant_meta = dict(record.get("meta", {}))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -97,7 +98,14 @@ class FakeQuantizer(nn.Module):
         calibrated: set by `set_bounds`; an enabled, uncalibrated quantizer refuses to run.
         observer: if set, `forward` calls `observer(x)` and returns x unquantized (calibration capture).
         grad_scale: optional factor on the gradient reaching the bounds (PTQ4SR's LSQ factor); None = 1.
+
+    Other quantizer types (bench/quant/qtypes.py) subclass this one: the same constructor, bounds, `kind` tags and
+    observer, a different `quant_type` and forward. State beyond (lower, upper) that a method learns (a
+    per-element rounding choice, a type's own parameters) goes through `quant_state()` / `load_quant_state()`,
+    which save_quantized/load_quantized store with the bounds.
     """
+
+    quant_type: ClassVar[str] = "uniform"
 
     def __init__(self, bits: int, kind: str = ACT, per_channel_axis: int | None = None,
                  channels: int | None = None) -> None:
@@ -208,9 +216,20 @@ class FakeQuantizer(nn.Module):
         state = super().__getstate__()  # deepcopy/pickle: no stale cache travels with the copy
         return {**state, "_cached": None, "_cache_key": None}
 
+    # ------------------------------------------------------------------------------------- saved state
+    def quant_state(self) -> dict[str, torch.Tensor]:
+        """Learned state besides the bounds, as CPU tensors (saved by save_quantized; {} for the plain type)."""
+        return {}
+
+    def load_quant_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what `quant_state` returned (load_quantized calls it after copying the bounds)."""
+        if state:
+            raise ValueError(f"{type(self).__name__} has no saved state, got {sorted(state)}")
+
     def extra_repr(self) -> str:
         where = "per-tensor" if self.per_channel_axis is None else f"per-channel(axis={self.per_channel_axis})"
-        return f"bits={self.bits}, kind={self.kind}, {where}, enabled={self.enabled}, calibrated={self.calibrated}"
+        return (f"type={self.quant_type}, bits={self.bits}, kind={self.kind}, {where}, enabled={self.enabled}, "
+                f"calibrated={self.calibrated}")
 
 
 def fake_quantize(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bits: int) -> torch.Tensor:

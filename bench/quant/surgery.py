@@ -135,9 +135,41 @@ def set_quant_enabled(qmodel: nn.Module, enabled: bool) -> None:
         q.enabled = bool(enabled)
 
 
+@torch.no_grad()
+def rewrite_fp_tensor(qmodel: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Overwrite the FP parameter or buffer `name` of the quantized copy (never of the FP model: quantize_model
+    deep-copies it) and record the name, so that save_quantized stores the new value and load_quantized puts it
+    back. For methods that reparameterise or transform weights before quantizing them (RepQ-ViT, NoisyQuant,
+    CondiQuant); the tensor keeps its shape, dtype and frozen state."""
+    try:
+        target = qmodel.get_parameter(name)
+    except AttributeError:
+        try:
+            target = qmodel.get_buffer(name)
+        except AttributeError:
+            raise ConfigError(f"{type(qmodel).__name__} has no parameter or buffer {name!r}") from None
+    value = torch.as_tensor(value)
+    if tuple(value.shape) != tuple(target.shape):
+        raise ConfigError(f"cannot rewrite {name}: shape {tuple(value.shape)} != {tuple(target.shape)}")
+    target.copy_(value.to(dtype=target.dtype, device=target.device))  # in place: the version bump drops caches
+    names = getattr(qmodel, "quant_rewritten", None)
+    if names is None:
+        names = qmodel.quant_rewritten = []
+    if name not in names:
+        names.append(name)
+
+
+def rewritten_fp_tensors(qmodel: nn.Module) -> dict[str, torch.Tensor]:
+    """{name: current value} of every FP tensor a method rewrote (see `rewrite_fp_tensor`)."""
+    state = dict(qmodel.named_parameters())
+    state.update(dict(qmodel.named_buffers()))
+    return {name: state[name].detach() for name in getattr(qmodel, "quant_rewritten", [])}
+
+
 def uncalibrated(qmodel: nn.Module) -> list[str]:
     return [name for name, q in quantizers(qmodel) if not q.calibrated]
 
 
 __all__ = ["QuantConfig", "quantize_model", "quantizers", "activation_quantizers", "weight_quantizers",
-           "bound_parameters", "set_quant_enabled", "uncalibrated", "QuantLinear", "QuantConv2d", "QuantMatMul"]
+           "bound_parameters", "set_quant_enabled", "uncalibrated",
+           "rewrite_fp_tensor", "rewritten_fp_tensors", "QuantLinear", "QuantConv2d", "QuantMatMul"]
