@@ -6,6 +6,7 @@ from bench.quant.calibrate import capture_activations, capture_weights
 from bench.quant.io import load_quantized, read_quantized, save_quantized
 from bench.quant.layers import QuantConv2d, QuantLinear, QuantMatMul, SplitQuantLinear
 from bench.quant.pipeline import CalibContext, quantize_with_method
+from bench.quant.qtypes import list_quantizer_types, make_quantizer, register_quantizer_type, replace_quantizer
 from bench.quant.quantizer import (
                                    ACT,
                                    ACT_GELU,
@@ -17,7 +18,6 @@ from bench.quant.quantizer import (
                                    fake_quantize_values,
                                    lsq_grad_scale,
 )
-from bench.quant.qtypes import list_quantizer_types, make_quantizer, register_quantizer_type, replace_quantizer
 from bench.quant.scopes import AUTO, LayerRule, Scope, get_scope, list_scopes, register_scope, resolve_scope
 from bench.quant.surgery import (
                                    QuantConfig,
