@@ -151,7 +151,8 @@ def test_carn_m_is_one_network_for_three_scales(weights_dir):
 
 def test_every_card_matches_its_model():
     names = {c.model for c in load_cards()}
-    assert names == {"swinir-light", "swinir-m", "imdn", "carn-m", "rfdn", "rlfn", "bsrn", "imdn-ntire"}
+    assert names == {"swinir-light", "swinir-m", "imdn", "carn-m", "rfdn", "rlfn", "bsrn", "imdn-ntire",
+                     "imdtn"}
     for card in load_cards():
         assert card.scale in MODEL_REGISTRY[card.model].scales
         if card.model != "swinir-m":  # 11.8M params each: counted once in the SwinIR-M test below

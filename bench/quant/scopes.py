@@ -15,6 +15,9 @@ Built-in scopes:
     body-only convention of most CNN SR quantization work (PAMS and its successors quantize the body and keep
     the head and the tail FP). At W8A8 on IMDN x2 the 8-bit input of the last conv alone costs 0.16 dB
     (results/reference/imdn-w8a8.md), so the two scopes answer different questions.
+  * `2dquant+convs`: `2dquant`'s rules for the Swin blocks, then `ptq4sr`'s for every other Conv2d and Linear
+    (per-channel conv weights, first and last conv 8-bit): a CNN with transformer blocks inside (IMDTN) gets
+    both its convs and its attention quantized, the Swin blocks exactly as on SwinIR.
   * `auto`: the model's registry default (`quant_scopes[0]`) when the model is known, else `2dquant` if the
     model has MatMul modules, else `ptq4sr`.
 """
@@ -129,6 +132,16 @@ register_scope(Scope(
                 "(per-channel weights) and Linear; no BMM",
     rules=_EVERY_CONV_AND_LINEAR,
     edge_convs=FP,
+))
+
+# Composition, not a copy: the 2dquant rules come first, so a Swin linear is split and tagged as in 2dquant and
+# only the modules no 2dquant rule matches fall through to ptq4sr's placement.
+register_scope(Scope(
+    name="2dquant+convs",
+    description="2dquant's Swin placement (split q/k/v, proj, fc1, fc2, both BMMs; per-tensor) plus ptq4sr's for "
+                "every other Conv2d (per-channel weights) and Linear; first/last conv 8-bit",
+    rules=SCOPES["2dquant"].rules + _EVERY_CONV_AND_LINEAR,
+    edge_convs=8,
 ))
 
 
