@@ -1,0 +1,151 @@
+"""NoisyQuant (methods/noisyquant.py) and the core's `noisy` quantizer type (bench/quant/noisy.py).
+
+The shipped SwinIR-light x2 on a 2x3x16x16 random LR batch: the 24 post-GELU fc2 inputs get a noisy bias, the
+fc2 biases absorb W N, so with every quantizer off the model is the FP model (max |diff| <= 1e-5), and a saved
+file reproduces the quantized output bit for bit.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import methods  # noqa: F401  (registers the built-in methods)
+from bench.errors import ConfigError
+from bench.quant import CalibContext, load_quantized, quantize_with_method, quantizers, save_quantized
+from bench.quant.noisy import NoisyFakeQuantizer
+from bench.quant.quantizer import ACT_GELU
+from bench.quant.surgery import set_quant_enabled
+from methods.dobi import DOBI
+from methods.noisyquant import NoisyQuant
+from models import create_model
+
+
+def lr_batch(n: int = 2, size: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def swinir():
+    return create_model("swinir-light", 2)
+
+
+@pytest.fixture(scope="module")
+def noisy_swinir(swinir):
+    ctx = CalibContext(calib_batch=lr_batch(), progress=False)
+    method = NoisyQuant()
+    qmodel, _ = quantize_with_method(swinir, method, 4, 4, ctx)
+    return qmodel, method
+
+
+def noisy_quantizers(qmodel):
+    return [(n, q) for n, q in quantizers(qmodel) if isinstance(q, NoisyFakeQuantizer)]
+
+
+def test_noise_sits_on_every_post_gelu_input_within_half_a_step(noisy_swinir):
+    qmodel, method = noisy_swinir
+    noisy = noisy_quantizers(qmodel)
+    assert len(noisy) == 24 and all(q.kind == ACT_GELU and name.endswith("fc2.input_quant") for name, q in noisy)
+    for name, q in noisy:
+        step = method.noised[name]
+        assert q.noise.numel() == 120 and step > 0  # SwinIR-light's MLP hidden width
+        assert q.noise.abs().max() <= step / 2 and q.noise.abs().max() > step / 4  # U(-s/2, s/2), 120 draws
+    assert len(qmodel.quant_rewritten) == 24 and all(n.endswith("fc2.bias") for n in qmodel.quant_rewritten)
+    assert method.describe()["noised"]["quantizers"] == 24
+
+
+def test_bias_correction_cancels_the_noise_without_quantization(swinir, noisy_swinir):
+    qmodel, _ = noisy_swinir
+    x = lr_batch(1, 16, seed=5)
+    with torch.no_grad():
+        reference = swinir(x)
+        set_quant_enabled(qmodel, False)
+        try:
+            cancelled = qmodel(x)
+            saved = [q.noise.clone() for _, q in noisy_quantizers(qmodel)]
+            for _, q in noisy_quantizers(qmodel):  # the bias correction alone, without the noise it cancels
+                q.noise.zero_()
+            uncancelled = qmodel(x)
+            for (_, q), noise in zip(noisy_quantizers(qmodel), saved):
+                q.noise.copy_(noise)
+        finally:
+            set_quant_enabled(qmodel, True)
+    assert (cancelled - reference).abs().max() <= 1e-5
+    assert (uncancelled - reference).abs().max() > 1e-4  # the rewritten biases do matter
+
+
+def test_fp_model_is_untouched(swinir, noisy_swinir):
+    qmodel, _ = noisy_swinir
+    name = qmodel.quant_rewritten[0]
+    assert not torch.equal(swinir.get_parameter(name), qmodel.get_parameter(name))
+
+
+def test_bounds_are_calibrated_on_the_noisy_activation(swinir, noisy_swinir):
+    qmodel, _ = noisy_swinir
+    dobi, _ = quantize_with_method(swinir, DOBI(), 4, 4, CalibContext(calib_batch=lr_batch(), progress=False))
+    plain = dict(quantizers(dobi))
+    changed = 0
+    for name, q in quantizers(qmodel):
+        if q.is_weight:  # weights are not touched: the same bounds as DOBI alone
+            assert torch.equal(q.lower, plain[name].lower) and torch.equal(q.upper, plain[name].upper)
+        elif isinstance(q, NoisyFakeQuantizer):
+            changed += not (torch.equal(q.lower, plain[name].lower) and torch.equal(q.upper, plain[name].upper))
+    assert changed >= 20  # DOBI's search on x + N lands elsewhere for (nearly) all of the 24
+
+
+def test_save_load_reproduces_the_quantized_output_exactly(tmp_path, swinir, noisy_swinir):
+    qmodel, _ = noisy_swinir
+    path = save_quantized(qmodel, tmp_path / "noisy.pt", {"method": "noisyquant"})
+    loaded = load_quantized(path, swinir)
+    x = lr_batch(1, 16, seed=7)
+    with torch.no_grad():
+        expected, got = qmodel(x), loaded(x)
+    assert len(noisy_quantizers(loaded)) == 24
+    assert torch.equal(expected, got)
+
+
+def test_the_seed_fixes_the_noise(swinir):
+    def noise(seed: int) -> torch.Tensor:
+        qmodel, _ = quantize_with_method(swinir, NoisyQuant(seed=seed, base="minmax"), 4, 4,
+                                         CalibContext(calib_batch=lr_batch(1), progress=False))
+        return noisy_quantizers(qmodel)[0][1].noise
+    assert torch.equal(noise(3), noise(3)) and not torch.equal(noise(3), noise(4))
+
+
+# ------------------------------------------------------------------------------------------------ CNNs
+
+def tiny_cnn(padding: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=padding), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=padding),
+                         nn.ReLU(), nn.Conv2d(8, 4, 1, groups=2)).eval()
+
+
+def test_a_cnn_has_no_post_gelu_input_and_is_refused_by_name():
+    with pytest.raises(ConfigError, match="act_gelu.*targets=all"):
+        quantize_with_method(tiny_cnn(1), NoisyQuant(), 4, 4, CalibContext(calib_batch=lr_batch(), progress=False))
+
+
+def test_targets_all_on_convs_cancels_exactly_without_padding_and_inside_with_it():
+    x = lr_batch(1, 12, seed=2)
+    for padding in (0, 1):
+        model = tiny_cnn(padding)
+        qmodel, _ = quantize_with_method(model, NoisyQuant(targets="all", base="minmax"), 4, 4,
+                                         CalibContext(calib_batch=lr_batch(), progress=False))
+        assert len(noisy_quantizers(qmodel)) == 3  # every conv input, the grouped 1x1 included
+        set_quant_enabled(qmodel, False)
+        with torch.no_grad():
+            diff = (qmodel(x) - model(x)).abs()
+        if padding == 0:
+            assert diff.max() <= 1e-5
+        else:  # two zero-padded 3x3 convs: the outer 2 pixels see padded zeros without noise
+            assert diff[..., 2:-2, 2:-2].max() <= 1e-5 and diff.max() > 1e-4
+
+
+def test_a_target_without_bias_and_a_non_rule_base_are_config_errors():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False)).eval()
+    with pytest.raises(ConfigError, match="has no bias"):
+        quantize_with_method(model, NoisyQuant(targets="all"), 4, 4,
+                             CalibContext(calib_batch=lr_batch(), progress=False))
+    with pytest.raises(ConfigError, match="not a range-rule method"):
+        quantize_with_method(tiny_cnn(1), NoisyQuant(targets="all", base="2dquant"), 4, 4,
+                             CalibContext(calib_batch=lr_batch(), progress=False))
