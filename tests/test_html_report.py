@@ -46,7 +46,8 @@ def smoke_page(smoke_run, benchmark_root) -> Path:
 
 
 def _table_cells(markdown: str) -> list[list[str]]:
-    return [[c.strip().strip("*") for c in line.strip("|").split("|")] for line in markdown.splitlines()
+    table3 = markdown.split("\n#### ")[0]  # the deployment table (size, latency) follows Table 3
+    return [[c.strip().strip("*") for c in line.strip("|").split("|")] for line in table3.splitlines()
             if line.startswith("| ")][1:]
 
 
@@ -119,7 +120,7 @@ def chromium():
 def test_smoke_report_opens_in_headless_chromium_without_javascript_error(smoke_run, smoke_page, chromium, tmp_path):
     check = check_page(smoke_page)
     assert check.console == [] and check.page_errors == ""
-    assert check.status == "ready: 4 sortable tables, 2 charts"      # Table 3, significance, per-image, provenance
+    assert check.status == "ready: 5 sortable tables, 2 charts"  # Table 3, deployment, significance, per-image, provenance
     # The page's own sort, clicked in the browser: the first PSNR column, best first.
     records = [r for r in read_records(smoke_run / "records.jsonl") if r["status"] == "ok"]
     names = {"fp": "FP", "bicubic": "Bicubic", "minmax": "MinMax", "dobi": "DOBI"}
@@ -153,7 +154,7 @@ def test_cli_screenshot_and_errors(smoke_run, chromium, tmp_path, capsys):
     assert main(["report", "--run", str(smoke_run), "--out", str(tmp_path / "r.html"), "--no-visual",
                  "--screenshot", str(png), "--window", "800x600"]) == 0
     assert Image.open(png).size == (800, 600)
-    assert "page status: ready: 4 sortable tables, 2 charts" in capsys.readouterr().out
+    assert "page status: ready: 5 sortable tables, 2 charts" in capsys.readouterr().out
     assert main(["report", "--run", str(smoke_run), "--out", str(tmp_path / "r.html"), "--no-visual",
                  "--screenshot", str(png), "--window", "800"]) == 2
     assert "bench: error: bad --window '800'; use WIDTHxHEIGHT, e.g. --window 1280x1600" in capsys.readouterr().err

@@ -57,10 +57,10 @@ def test_each_method_keeps_one_colour_in_every_figure(figures, tmp_path):
     plots.plot_run(_run(), tmp_path)
     assert sorted(figures) == ["swinir-light_x2_latency", "swinir-light_x2_psnr_vs_bits", "swinir-light_x2_psnr_vs_size"]
     expected = {"MinMax": "tab:blue", "DOBI": "tab:purple", "2DQuant (10 DQC steps)": "tab:brown"}
-    for stem in ("swinir-light_x2_psnr_vs_bits", "swinir-light_x2_psnr_vs_size"):
+    for stem, kind in (("swinir-light_x2_psnr_vs_bits", ""), ("swinir-light_x2_psnr_vs_size", " (cost model)")):
         lines = {line.get_label(): line.get_color() for line in figures[stem].axes[0].get_lines()}
-        assert all(_same(lines[name], colour) for name, colour in expected.items()), (stem, lines)
-        assert _same(lines["FP"], "black")
+        assert all(_same(lines[name + kind], colour) for name, colour in expected.items()), (stem, lines)
+        assert _same(lines["FP" + kind], "black")
     ax = figures["swinir-light_x2_latency"].axes[0]
     bars = [p for p in ax.patches if p.get_height() == 12.0]  # the quantized medians, W4A4 then W2A2 per method
     assert [mcolors.to_hex(b.get_facecolor()) for b in bars] == \

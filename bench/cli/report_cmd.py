@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     table.add_argument("--significance", action="store_true",
                        help="paired Wilcoxon test of each method against the best of its bit group: a marker in "
                             "md/LaTeX, p-value columns in csv")
+    table.add_argument("--no-deployment", action="store_true",
+                       help="leave out the size/latency table (cost model beside measured) under each table")
     table.set_defaults(func=table_command)
 
     plot = subparsers.add_parser("plot", help="PSNR-vs-bits, PSNR-vs-size and latency figures (PNG + PDF)")
@@ -81,7 +83,7 @@ def table_command(args: argparse.Namespace) -> int:
     run = find_run(args.run, args.results_dir)
     reference = load_reference(args.reference) if args.reference else None
     text = render(build_tables(_latest_records(run), reference, delta=args.reference_mode == "delta",
-                               significance=args.significance), args.format)
+                               significance=args.significance, deployment=not args.no_deployment), args.format)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text, encoding="utf-8")

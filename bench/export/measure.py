@@ -35,4 +35,6 @@ def onnxruntime_latency_fields(fp_model: nn.Module, qmodel: nn.Module, lr_size: 
     except ConfigError as exc:  # e.g. 4-bit activations: ONNX QDQ writes uint8 activations
         return {"latency_ort_note": str(exc)}
     return {"latency_ort_fp32_ms": result.fp32_ms, "latency_ort_int8_ms": result.quantized_ms,
-            "latency_ort_speedup": result.speedup, "latency_ort_threads": threads}
+            "latency_ort_speedup": result.speedup, "latency_ort_threads": threads,
+            "latency_ort_provider": result.provider, "latency_ort_runs": result.runs,
+            "latency_ort_lr_size": result.lr_size}

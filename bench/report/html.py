@@ -21,7 +21,16 @@ from bench.report.crops import CropRequest, CropView, build_crop_view
 from bench.report.significance import ALPHA, MARKER, Comparison
 from bench.runner.records import latest_by_key, read_records
 from bench.runner.rundir import RunDir
-from bench.runner.tables import DISPLAY_NAMES, METRICS, Table, build_tables, display_names, render, significance_note
+from bench.runner.tables import (
+    DEPLOYMENT_COLUMNS,
+    DISPLAY_NAMES,
+    METRICS,
+    Table,
+    build_tables,
+    display_names,
+    render,
+    significance_note,
+)
 from bench.runner.tables import _fmt as format_value
 
 ASSETS = Path(__file__).with_name("assets")
@@ -167,6 +176,26 @@ def _table3(table: Table) -> str:
     return (f'<h3 id="{_anchor("table", table.model, table.scale)}">{escape(table.title)}</h3>'
             f'<div class="scroll"><table class="sortable table3"><thead><tr>{"".join(headers)}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>{note}{failed}')
+
+
+def _deployment_table(table: Table) -> str:
+    """The deployment table of `bench table` (bench.runner.tables.Deployment): the same cells, sortable."""
+    deployment = table.deployment
+    if deployment is None:
+        return ""
+    headers = [_th("Method", 0, classes="text"), _th("Bits", 1, classes="text")]
+    headers += [_th(h, i, numeric=True) for i, h in enumerate(deployment.headers(), start=2)]
+    body = []
+    for row in deployment.rows:
+        cells = [_td(escape(row.label), classes="text"), _td(escape(row.bits), classes="text")]
+        cells += [_td(escape(text), row.deployment.get(column.field),
+                      extra=f' data-row="{escape(row.label)}|{escape(row.bits)}" data-col="deployment|{column.field}"')
+                  for column, text in zip(DEPLOYMENT_COLUMNS, deployment.cells(row))]
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    notes = "".join(f'<p class="note">{escape(note)}</p>' for note in deployment.notes)
+    return (f'<h4>{escape(table.title)}: size and latency, cost model beside measured</h4>'
+            f'<div class="scroll"><table class="sortable deployment"><thead><tr>{"".join(headers)}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>{notes}')
 
 
 def _significance_table(tables: list[Table], names: dict[str, str]) -> str:
@@ -421,7 +450,7 @@ def build_report(runs: list[RunRecords], crop: CropView | str | None, generated:
     names = ", ".join(item.run.name for item in runs)
     ok = sum(1 for r in records if r.get("status") == "ok")
     sections = [
-        ("tables", "Tables", "".join(_table3(t) for t in tables) + _csv_link(tables)
+        ("tables", "Tables", "".join(_table3(t) + _deployment_table(t) for t in tables) + _csv_link(tables)
          if tables else '<p class="note">No records.</p>'),
         ("significance", "Significance", '<p class="note">Paired Wilcoxon signed-rank test (scipy.stats.wilcoxon, '
          'two-sided) on per-image PSNR, each method against the best mean PSNR of its dataset and bit-width.</p>'

@@ -3,10 +3,14 @@
 Per (model, scale):
   * `<model>_x<s>_psnr_vs_bits`: one panel per dataset, PSNR against W bits, one line per method, FP and
     bicubic as horizontal references; drawn only when the run has two or more bit-widths;
-  * `<model>_x<s>_psnr_vs_size`: PSNR against model size (MB, bench.cost), one marker per method; drawn only
-    when the run has two or more sizes (FP and a quantized size at least);
+  * `<model>_x<s>_psnr_vs_size`: PSNR against model size (MB), one marker per method: the cost model's size
+    (bench.cost, filled) and, where the records hold it, the measured packed file (`bench export --format
+    packed`, hollow, dotted); drawn only when the run has two or more cost-model sizes (FP and a quantized one);
   * `<model>_x<s>_latency`: median forward latency with its interquartile range and N, FP next to each
-    quantized variant timed in turns with it (labelled fake-quant: simulated quantization, not integer kernels).
+    quantized variant timed in turns with it (labelled fake-quant: simulated quantization, not integer kernels);
+  * `<model>_x<s>_latency_onnxruntime`: where the records hold it (`latency: {runtime: onnxruntime}`), the
+    measured onnxruntime FP32 and int8 QDQ medians of each variant, and its measured speed-up beside the
+    speed-up the paper's rule predicts.
 
 What keeps them honest:
   * one colour and marker per method label in every figure of a run (FP black, bicubic grey);
@@ -19,6 +23,7 @@ Dataset titles are the tables' column headers (bench.runner.tables), e.g. "Set5 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -151,6 +156,23 @@ def plot_psnr_vs_bits(records: list[dict], model: str, scale: int, out_dir: Path
     return _save(fig, out_dir, f"{model}_x{scale}_psnr_vs_bits")
 
 
+SIZE_KINDS = (("model_size_bytes", "cost model"), ("packed_size_bytes", "measured, packed"))
+
+
+def size_series(records: list[dict], styles: Styles) -> list[tuple[str, str, str, list[tuple[float, float]]]]:
+    """(legend name, label, size kind, sorted (MB, PSNR) points) of the quantized methods of one dataset panel:
+    the cost model's sizes, then the measured packed sizes of the records that hold one."""
+    quantized = [r for r in records if _is_quantized(r) and r.get("psnr") is not None]
+    series = []
+    for field, kind in SIZE_KINDS:
+        for label in dict.fromkeys(r["label"] for r in quantized):
+            members = [r for r in quantized if r["label"] == label and r.get(field)]
+            if members:
+                points = sorted((r[field] / 1e6, r["psnr"]) for r in members)
+                series.append((f"{styles.name(members[0])} ({kind})", label, kind, points))
+    return series
+
+
 def plot_psnr_vs_size(records: list[dict], model: str, scale: int, out_dir: Path,
                       styles: Styles | None = None) -> list[Path]:
     styles = styles or Styles(records)
@@ -161,11 +183,12 @@ def plot_psnr_vs_size(records: list[dict], model: str, scale: int, out_dir: Path
         quantized = [r for r in mine if _is_quantized(r)]
         for r in (r for r in mine if r["method"] == "fp"):
             ax.plot(r["model_size_bytes"] / 1e6, r["psnr"], marker="*", markersize=11, color=FP_COLOUR,
-                    linestyle="", label=_name(r))
-        for label in dict.fromkeys(r["label"] for r in quantized):
-            points = sorted((r["model_size_bytes"] / 1e6, r["psnr"]) for r in quantized if r["label"] == label)
-            ax.plot(*zip(*points), linestyle="-" if len(points) > 1 else "", markerfacecolor="none", markersize=8,
-                    label=styles.name(next(r for r in quantized if r["label"] == label)), **styles.of(label))
+                    linestyle="", label=f"{_name(r)} (cost model)")
+        for name, label, kind, points in size_series(mine, styles):
+            measured = kind != "cost model"
+            line = (":" if measured else "-") if len(points) > 1 else ""
+            ax.plot(*zip(*points), linestyle=line, markerfacecolor="none" if measured else None, markersize=8,
+                    label=name, **styles.of(label))
         values = [r["psnr"] for r in mine]
         _honest_psnr_axis(ax, values, [r["psnr"] for r in quantized])
         ax.set_title(_title(dataset, records))
@@ -173,7 +196,7 @@ def plot_psnr_vs_size(records: list[dict], model: str, scale: int, out_dir: Path
         ax.set_ylabel("PSNR (dB, Y)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
-    fig.suptitle(f"{model} x{scale}: PSNR vs model size", y=1.04)
+    fig.suptitle(f"{model} x{scale}: PSNR vs model size (filled: cost model; hollow: measured packed file)", y=1.04)
     return _save(fig, out_dir, f"{model}_x{scale}_psnr_vs_size")
 
 
@@ -233,6 +256,70 @@ def plot_latency(records: list[dict], model: str, scale: int, out_dir: Path,
     return _save(fig, out_dir, f"{model}_x{scale}_latency")
 
 
+@dataclass(frozen=True)
+class OrtVariant:
+    """One quantized variant's measured onnxruntime figures and the paper rule's speed-up (None if absent)."""
+    label: str
+    name: str
+    bits: str
+    fp32_ms: float
+    int8_ms: float
+    measured_speedup: float
+    paper_speedup: float | None
+
+
+def ort_variants(records: list[dict], styles: Styles) -> list[OrtVariant]:
+    """The variants with an onnxruntime latency, once each (one calibration serves every dataset)."""
+    found: dict[tuple, OrtVariant] = {}
+    for r in records:
+        key = (r["label"], r.get("w_bits"), r.get("a_bits"))
+        if _is_quantized(r) and r.get("latency_ort_int8_ms") is not None and key not in found:
+            found[key] = OrtVariant(r["label"], styles.name(r), f"W{r['w_bits']}A{r['a_bits']}",
+                                    r["latency_ort_fp32_ms"], r["latency_ort_int8_ms"], r["latency_ort_speedup"],
+                                    r.get("speedup"))
+    return list(found.values())
+
+
+def plot_ort_latency(records: list[dict], model: str, scale: int, out_dir: Path,
+                     styles: Styles | None = None) -> list[Path]:
+    styles = styles or Styles(records)
+    variants = ort_variants(records, styles)
+    timed = next(r for r in records if r.get("latency_ort_int8_ms") is not None)
+    fig, (ax_ms, ax_x) = plt.subplots(1, 2, figsize=(max(7.0, 2.4 * len(variants) + 3), 3.6))
+    ticks = [f"{v.name}\n{v.bits}" for v in variants]
+    xs = list(range(len(variants)))
+    bars = [ax_ms.bar([x - 0.2 for x in xs], [v.fp32_ms for v in variants], width=0.38, color="lightgrey",
+                      hatch="//", edgecolor="dimgrey", label="FP32 export (measured)"),
+            ax_ms.bar([x + 0.2 for x in xs], [v.int8_ms for v in variants], width=0.38,
+                      color=[styles.of(v.label)["color"] for v in variants], label="int8 QDQ export (measured)")]
+    for group in bars:
+        ax_ms.bar_label(group, fmt="%.1f", fontsize="x-small")
+    ax_ms.set_ylabel("latency (ms)")
+    ax_ms.set_xticks(xs, ticks, fontsize="small")
+    ax_ms.legend(fontsize="x-small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    paper = [(x, v.paper_speedup) for x, v in zip(xs, variants) if v.paper_speedup is not None]
+    if paper:
+        ax_x.bar_label(ax_x.bar([x - 0.2 for x, _ in paper], [p for _, p in paper], width=0.38, color="white",
+                                edgecolor="dimgrey", hatch="..", label="paper rule (theoretical)"),
+                       fmt="%.2fx", fontsize="x-small")
+    ax_x.bar_label(ax_x.bar([x + 0.2 for x in xs], [v.measured_speedup for v in variants], width=0.38,
+                            color=[styles.of(v.label)["color"] for v in variants], label="measured (onnxruntime)"),
+                   fmt="%.2fx", fontsize="x-small")
+    ax_x.axhline(1.0, color="black", linewidth=0.8)
+    ax_x.set_ylabel("speed-up over FP32 (x)")
+    ax_x.set_xticks(xs, ticks, fontsize="small")
+    ax_x.legend(fontsize="x-small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    for ax in (ax_ms, ax_x):
+        ax.grid(axis="y", alpha=0.3)
+    size, runs, threads = (timed.get(f) for f in ("latency_ort_lr_size", "latency_ort_runs", "latency_ort_threads"))
+    provider = timed.get("latency_ort_provider") or "cpu"
+    fig.suptitle(f"{model} x{scale}: measured onnxruntime {provider} latency"
+                 + (f", LR {size}x{size}" if size else "") + (f", median of {runs} interleaved runs" if runs else "")
+                 + (f", {threads} thread(s)" if threads else ""), fontsize="medium", y=1.06)
+    fig.tight_layout()
+    return _save(fig, out_dir, f"{model}_x{scale}_latency_onnxruntime")
+
+
 # ------------------------------------------------------------------------------------------ a run
 
 def plot_run(records: list[dict], out_dir: str | Path, notes: list[str] | None = None) -> list[Path]:
@@ -260,4 +347,6 @@ def plot_run(records: list[dict], out_dir: str | Path, notes: list[str] | None =
             paths += plot_latency(mine, model, scale, out_dir, styles)
         else:
             notes.append(f"{model} x{scale}: no latency figure: nothing was timed (latency runs: 0)")
+        if any(_is_quantized(r) and r.get("latency_ort_int8_ms") is not None for r in mine):
+            paths += plot_ort_latency(mine, model, scale, out_dir, styles)
     return paths

@@ -87,6 +87,9 @@ class CellRecord:
     latency_ort_int8_ms: float | None = None
     latency_ort_speedup: float | None = None
     latency_ort_threads: int | None = None
+    latency_ort_provider: str | None = None         # onnxruntime execution provider ("cpu")
+    latency_ort_runs: int | None = None             # timed runs of each model (after one warm-up)
+    latency_ort_lr_size: int | None = None          # side of the LR input (rounded up to the pad multiple)
     latency_ort_note: str | None = None
     deployment_note: str | None = None
     # --- timings and provenance

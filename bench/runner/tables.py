@@ -6,6 +6,11 @@ columns: each dataset's PSNR and SSIM. In each bit group the best value of every
 Published numbers (a CSV with columns method,scale,bits,dataset,psnr,ssim) can be shown as reference rows
 under the measured ones, or as delta columns (measured minus published).
 Datasets evaluated on a subset are labelled with their image count, e.g. "Urban100 (10/100)".
+
+Under each table, when the records carry measured deployment figures (bench.export.measure), a second table puts
+them beside the cost model's theoretical ones, one row per FP/quantized variant (a calibration's figures are the
+same for every dataset it is evaluated on): size (cost model) | size (measured, packed file) | speed-up (paper rule)
+| FP32 and int8 latency and their ratio (measured, onnxruntime). A figure a record lacks prints "-", never 0.
 """
 from __future__ import annotations
 
@@ -26,6 +31,28 @@ DISPLAY_NAMES = {"fp": "FP", "bicubic": "Bicubic", "minmax": "MinMax", "percenti
 REFERENCE_ALIASES = {"dbdcpac": "ptq4sr", "ptq4sr": "ptq4sr", "minmax": "minmax", "percentile": "percentile",
                      "dobi": "dobi", "2dquant": "2dquant", "emmse": "emmse", "bicubic": "bicubic"}
 REFERENCE_COLUMNS = ("method", "scale", "bits", "dataset", "psnr", "ssim")
+
+
+@dataclass(frozen=True)
+class DeploymentColumn:
+    """One column of the deployment table: a record field, shown as value / divisor with `digits` decimals."""
+    field: str
+    header: str           # "{provider}" is replaced by the records' onnxruntime provider
+    digits: int
+    divisor: float = 1.0
+
+
+DEPLOYMENT_COLUMNS = (
+    DeploymentColumn("model_size_bytes", "size KB (cost model)", 1, 1000.0),
+    DeploymentColumn("packed_size_bytes", "size KB (measured, packed)", 1, 1000.0),
+    DeploymentColumn("speedup", "speed-up (paper rule)", 2),
+    DeploymentColumn("latency_ort_fp32_ms", "FP32 latency ms (measured, onnxruntime {provider})", 1),
+    DeploymentColumn("latency_ort_int8_ms", "int8 latency ms (measured, onnxruntime {provider})", 1),
+    DeploymentColumn("latency_ort_speedup", "speed-up (measured, onnxruntime {provider})", 2),
+)
+# Fields only a deployment measurement writes: a table without any of them has nothing measured to show.
+MEASURED_DEPLOYMENT_FIELDS = ("packed_size_bytes", "latency_ort_fp32_ms", "latency_ort_int8_ms")
+MISSING = "-"
 
 
 def _norm(text: str) -> str:
@@ -89,6 +116,7 @@ class Row:
     bold: set[tuple[str, str]] = field(default_factory=set)
     deltas: dict[tuple[str, str], float | None] = field(default_factory=dict)
     tests: dict[str, object] = field(default_factory=dict)  # dataset -> bench.report.significance.Comparison
+    deployment: dict[str, float | None] = field(default_factory=dict)  # DeploymentColumn.field -> value
 
 
 @dataclass
@@ -101,6 +129,7 @@ class Table:
     failed: list[str] = field(default_factory=list)
     delta: bool = False
     significance: bool = False   # rows carry Wilcoxon tests against the best of their bit group
+    deployment: Deployment | None = None   # measured size/latency beside the cost model, when recorded
 
     @property
     def title(self) -> str:
@@ -165,8 +194,9 @@ def _dataset_order(labels: list[str], names: dict[str, str]) -> list[str]:
 
 
 def build_tables(records: list[dict], reference: list[ReferenceRow] | None = None,
-                 delta: bool = False, significance: bool = False) -> list[Table]:
-    """Tables from the latest record of each cell (errors listed under the table, not as rows)."""
+                 delta: bool = False, significance: bool = False, deployment: bool = True) -> list[Table]:
+    """Tables from the latest record of each cell (errors listed under the table, not as rows); with
+    `deployment`, each table whose records hold measured deployment figures carries its Deployment table."""
     tables = []
     for model, scale in sorted({(r["model"], r["scale"]) for r in records}):
         mine = [r for r in records if r["model"] == model and r["scale"] == scale]
@@ -186,6 +216,8 @@ def build_tables(records: list[dict], reference: list[ReferenceRow] | None = Non
             rows = _interleave_reference(rows, refs, names, columns)
         _mark_bold(rows, columns)
         tables.append(Table(model, scale, columns, headers, rows, failed, delta and bool(refs)))
+        if deployment:
+            tables[-1].deployment = build_deployment(ok, rows)
         if significance:
             _attach_tests(tables[-1], ok)
     return tables
@@ -205,7 +237,62 @@ def _measured_rows(records: list[dict], columns: list[str]) -> list[Row]:
         dataset = r.get("dataset_label") or r["dataset"]
         for metric, _ in METRICS:
             by_row[key].values[(dataset, metric)] = r.get(metric)
+        for column in DEPLOYMENT_COLUMNS:  # the first record of the row that has the figure
+            if by_row[key].deployment.get(column.field) is None:
+                by_row[key].deployment[column.field] = r.get(column.field)
     return [by_row[k] for k in sorted(by_row, key=lambda k: order[k])]
+
+
+# ------------------------------------------------------------------------------------------- deployment
+
+@dataclass
+class Deployment:
+    """The deployment table of one (model, scale): rows of the Table 3 that have a figure, and its legend."""
+    rows: list[Row]
+    provider: str
+    notes: list[str]
+
+    def headers(self) -> list[str]:
+        return [c.header.format(provider=self.provider) for c in DEPLOYMENT_COLUMNS]
+
+    def cells(self, row: Row, missing: str = MISSING) -> list[str]:
+        return [_fmt(None if row.deployment.get(c.field) is None else row.deployment[c.field] / c.divisor,
+                     c.digits, missing) for c in DEPLOYMENT_COLUMNS]
+
+
+def build_deployment(records: list[dict], rows: list[Row]) -> Deployment | None:
+    """None when no record holds a measured deployment figure (runs made before `bench.export.measure`)."""
+    if not any(r.get(f) is not None for r in records for f in MEASURED_DEPLOYMENT_FIELDS):
+        return None
+    shown = [row for row in rows if not row.reference and any(v is not None for v in row.deployment.values())]
+    providers = sorted({r["latency_ort_provider"] for r in records if r.get("latency_ort_provider")})
+    return Deployment(shown, "/".join(providers) or "cpu", _deployment_notes(records))
+
+
+def _deployment_notes(records: list[dict]) -> list[str]:
+    """What the measured columns are, from the records' own fields; and why a figure is missing."""
+    notes = ["size (cost model): bench.cost, weights packed at their bit-width + FP32 rest + quantizer bounds; "
+             "size (measured, packed): the `bench export --format packed` file, safetensors header included"]
+    headers = sorted({f"{r['packed_header_bytes'] / 1000:.1f}" for r in records if r.get("packed_header_bytes")},
+                     key=float)
+    if headers:
+        notes[0] += f" ({headers[0]}" + (f"-{headers[-1]}" if len(headers) > 1 else "") + " KB of it)"
+    timed = [r for r in records if r.get("latency_ort_int8_ms") is not None]
+    if timed:
+        facts = sorted({(r.get("latency_ort_runs"), r.get("latency_ort_lr_size"), r.get("latency_ort_threads"))
+                        for r in timed}, key=str)
+        described = "; ".join(
+            (f"median of {runs} interleaved runs" if runs else "median of interleaved runs")
+            + (f", LR {size}x{size}" if size else "") + (f", {threads} thread(s)" if threads else "")
+            for runs, size, threads in facts)
+        notes.append(f"latency: FP32 and int8 QDQ exports in one onnxruntime process ({described}); "
+                     f"speed-up (measured) = FP32 / int8 latency")
+    else:
+        notes.append("latency: not measured in onnxruntime (add `latency: {runtime: onnxruntime}` to the matrix)")
+    skipped = {r["latency_ort_note"] for r in records if r.get("latency_ort_note")}
+    skipped |= {r["deployment_note"] for r in records if r.get("deployment_note")}
+    notes += [f"not measured: {text}" for text in sorted(skipped)]
+    return notes
 
 
 def _applicable_reference(reference: list[ReferenceRow], model: str, scale: int) -> list[ReferenceRow]:
@@ -358,7 +445,17 @@ def render_markdown(tables: list[Table]) -> str:
                                                          disable_numparse=True))
         parts += [_failed_note(table)] if table.failed else []
         parts += [significance_note(table)] if table.significance else []
+        parts += [_markdown_deployment(table)] if table.deployment else []
     return "\n\n".join(parts) + "\n"
+
+
+def _markdown_deployment(table: Table) -> str:
+    from tabulate import tabulate
+    deployment = table.deployment
+    body = [[row.label, row.bits] + deployment.cells(row) for row in deployment.rows]
+    text = tabulate(body, headers=["Method", "Bits"] + deployment.headers(), tablefmt="github", disable_numparse=True)
+    return (f"#### {table.title}: size and latency, cost model beside measured\n\n{text}\n\n"
+            + "\n".join(f"- {note}" for note in deployment.notes))
 
 
 def _failed_note(table: Table) -> str:
@@ -410,7 +507,22 @@ def render_latex(tables: list[Table]) -> str:
         lines += [f"% {latex_escape(significance_note(table))}"] if table.significance else []
         lines.append(r"\end{table}")
         parts.append("\n".join(lines))
+        if table.deployment:
+            parts.append(_latex_deployment(table))
     return "\n\n".join(parts) + "\n"
+
+
+def _latex_deployment(table: Table) -> str:
+    deployment = table.deployment
+    caption = f"{table.title}: model size and latency, the cost model beside measured figures"
+    lines = [f"% {table.title}, deployment; needs \\usepackage{{booktabs}}", r"\begin{table}[t]", r"\centering",
+             rf"\caption{{{latex_escape(caption)}}}", rf"\label{{{latex_label(table)}-deployment}}",
+             r"\begin{tabular}{ll" + "r" * len(DEPLOYMENT_COLUMNS) + "}", r"\toprule",
+             " & ".join(latex_escape(h) for h in ["Method", "Bits"] + deployment.headers()) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(c) for c in [row.label, row.bits] + deployment.cells(row)) + r" \\"
+              for row in deployment.rows]
+    lines += [r"\bottomrule", r"\end{tabular}"] + [f"% {latex_escape(note)}" for note in deployment.notes]
+    return "\n".join(lines + [r"\end{table}"])
 
 
 def render_csv(tables: list[Table]) -> str:
@@ -428,6 +540,12 @@ def render_csv(tables: list[Table]) -> str:
             writer.writerow([table.model, table.scale, row.label, row.bits, int(row.reference)]
                             + _cells(table, row, lambda t: t, missing="", marks=False)
                             + (p_values if table.significance else []))
+        if table.deployment:
+            # A block of its own (like each model's table): empty cells, as in the block above, read as NaN.
+            writer.writerow([])
+            writer.writerow(["model", "scale", "method", "bits"] + table.deployment.headers())
+            for row in table.deployment.rows:
+                writer.writerow([table.model, table.scale, row.label, row.bits] + table.deployment.cells(row, ""))
     return buffer.getvalue()
 
 
