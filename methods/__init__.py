@@ -10,7 +10,8 @@ from methods.base import PTQMethod, RangeRuleMethod, set_bounds_from_rule
 from methods.registry import create_method, get_method_class, list_methods, register_method
 
 # Written on top of the core by another module owner; the package must work before they exist.
-for _optional in ("ptq4sr", "twodquant", "noisyquant", "condiquant"):
+for _optional in ("ptq4sr", "twodquant", "adaround", "brecq", "noisyquant", "condiquant", "ptq4vit",
+                  "repq_vit"):
     try:
         importlib.import_module(f"methods.{_optional}")
     except ModuleNotFoundError as _exc:

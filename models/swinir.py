@@ -297,6 +297,10 @@ class SwinIR(nn.Module):
         """Distillation taps: the Swin stage of each RSTB, output (B, H*W, C)."""
         return [layer.residual_group for layer in self.layers]
 
+    def reconstruction_units(self) -> list[nn.Module]:
+        """Block-reconstruction units (BRECQ/QDrop): every Swin block, in forward order."""
+        return [block for layer in self.layers for block in layer.residual_group.blocks]
+
     def checkpoint_scale(self, state: dict[str, torch.Tensor]) -> int | None:
         """The scale a SwinIR state dict was trained for (None if it is not one of ours)."""
         first = state.get("upsample.0.weight")

@@ -75,12 +75,9 @@ def weight_step(quantizer: FakeQuantizer) -> torch.Tensor:
 
 @torch.no_grad()
 def weight_codes(quantizer: FakeQuantizer, weight: torch.Tensor) -> torch.Tensor:
-    """round((clip(w, l, u) - l) / s) as uint8, with the float32 ops of `fake_quantize`."""
-    lower = _broadcast(quantizer, quantizer.lower.detach(), weight)
-    upper = _broadcast(quantizer, quantizer.upper.detach(), weight)
-    step = _broadcast(quantizer, weight_step(quantizer), weight)
-    clipped = torch.minimum(torch.maximum(weight.detach(), lower), upper)
-    return torch.round((clipped - lower) / step).to(torch.uint8)
+    """The quantizer's own integer codes as uint8: round((clip(w, l, u) - l) / s) with the float32 ops of
+    `fake_quantize` for the uniform type, the learned up/down choice for learned rounding (FakeQuantizer.codes)."""
+    return quantizer.codes(weight.detach()).to(torch.uint8)
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, lower: torch.Tensor, axis: int | None) -> torch.Tensor:

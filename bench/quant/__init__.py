@@ -18,6 +18,7 @@ from bench.quant.quantizer import (
                                    fake_quantize_values,
                                    lsq_grad_scale,
 )
+from bench.quant.rounding import LearnedRoundingQuantizer  # registers the "learned-rounding" type
 from bench.quant.scopes import AUTO, LayerRule, Scope, get_scope, list_scopes, register_scope, resolve_scope
 from bench.quant.surgery import (
                                    QuantConfig,
@@ -38,7 +39,7 @@ __all__ = [
     "LayerRule", "Scope", "register_scope", "get_scope", "list_scopes", "resolve_scope",
     "QuantConfig", "quantize_model", "quantizers", "activation_quantizers", "weight_quantizers",
     "bound_parameters", "set_quant_enabled", "uncalibrated", "rewrite_fp_tensor",
-    "register_quantizer_type", "make_quantizer", "replace_quantizer", "list_quantizer_types",
+    "register_quantizer_type", "make_quantizer", "replace_quantizer", "list_quantizer_types", "LearnedRoundingQuantizer",
     "capture_activations", "capture_weights",
     "save_quantized", "load_quantized", "read_quantized",
     "CalibContext", "quantize_with_method",

@@ -226,6 +226,14 @@ class FakeQuantizer(nn.Module):
         if state:
             raise ValueError(f"{type(self).__name__} has no saved state, got {sorted(state)}")
 
+    @torch.no_grad()
+    def codes(self, w: torch.Tensor) -> torch.Tensor:
+        """Integer codes round((clip(w, l, u) - l) / s) in 0..N as float32, with the ops of `fake_quantize`
+        (deployment stores these; a quantizer type with its own rounding overrides this)."""
+        lower, upper = self._broadcast(self.lower.detach(), w), self._broadcast(self.upper.detach(), w)
+        step = torch.clamp((upper - lower) / self.levels, min=_MIN_STEP)
+        return torch.round((torch.minimum(torch.maximum(w.detach(), lower), upper) - lower) / step)
+
     def extra_repr(self) -> str:
         where = "per-tensor" if self.per_channel_axis is None else f"per-channel(axis={self.per_channel_axis})"
         return (f"type={self.quant_type}, bits={self.bits}, kind={self.kind}, {where}, enabled={self.enabled}, "
