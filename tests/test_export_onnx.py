@@ -227,3 +227,83 @@ def test_matrix_latency_runtime_is_validated(tmp_path):
     with pytest.raises(ConfigError, match=r"deploy.yaml: latency.runtime: 'tensorrt' is not a runtime; use torch or "
                                           r"onnxruntime$"):
         load_matrix(matrix)
+
+
+# ------------------------------------------------------------------------------------------ UINT4 weights
+
+def _four_bit_weights(two_conv) -> nn.Module:
+    qmodel = _minmax(two_conv, scope="ptq4sr")
+    qmodel.body.weight_quant.bits = qmodel.tail.weight_quant.bits = 4  # ptq4sr keeps the edges at 8 bits
+    return qmodel
+
+
+def _weight_dq(path) -> dict[tuple, tuple]:
+    """Weight shape -> (ONNX data type, codes, zero points, scales) of each DequantizeLinear on an initializer."""
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    return {tuple(inits[n.input[0]].dims): (inits[n.input[0]].data_type,
+                                            *(numpy_helper.to_array(inits[i]) for i in (n.input[0], n.input[2], n.input[1])))
+            for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+
+
+def test_opset_21_stores_four_bit_weights_as_uint4_with_the_uint8_exports_codes(tmp_path, two_conv):
+    qmodel = _four_bit_weights(two_conv)
+    export_onnx(qmodel, tmp_path / "u8.onnx")
+    report = export_onnx(qmodel, tmp_path / "u4.onnx", opset=21)
+    model = onnx.load(str(tmp_path / "u4.onnx"))
+    assert (report.opset, report.uint4_weights, report.weight_qdq, report.activation_qdq) == (21, 2, 2, 2)
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 21
+    assert {p.key: p.value for p in model.metadata_props}["quantization"] == "qdq-uint8, uint4 weights"
+    u8, u4 = _weight_dq(tmp_path / "u8.onnx"), _weight_dq(tmp_path / "u4.onnx")
+    assert sorted(u4) == [(3, 6, 3, 3), (6, 3, 3, 3)]
+    inits = {tuple(t.dims): t for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT4 and t.dims}
+    for shape, (dtype, codes, zero_point, scale) in u4.items():
+        assert dtype == onnx.TensorProto.UINT4 and u8[shape][0] == onnx.TensorProto.UINT8
+        assert np.array_equal(codes.astype(np.uint8), u8[shape][1])              # the same codes, 0..15
+        assert np.array_equal(zero_point.astype(np.uint8), u8[shape][2]) and np.array_equal(scale, u8[shape][3])
+        assert len(inits[shape].raw_data) == 81                                   # 162 codes, two per byte
+        # (q - z) * s is the fake-quant weight of the model on the ONNX integer grids, up to float32 rounding.
+        layer = with_integer_bounds(qmodel).body if shape[0] == 6 else with_integer_bounds(qmodel).tail
+        with torch.no_grad():
+            fake = layer.weight_quant(layer.weight).numpy()
+        dequantized = (codes.astype(np.float32) - zero_point.astype(np.float32).reshape(-1, 1, 1, 1)) \
+            * scale.reshape(-1, 1, 1, 1)
+        assert np.abs(dequantized - fake).max() < 1e-6
+    x = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(OnnxSRModel(tmp_path / "u4.onnx")(x), OnnxSRModel(tmp_path / "u8.onnx")(x))
+
+
+def test_opset_21_keeps_eight_bit_weights_uint8(tmp_path, two_conv):
+    report = export_onnx(_minmax(two_conv, scope="ptq4sr"), tmp_path / "m.onnx", opset=21)
+    assert (report.opset, report.uint4_weights) == (21, 0)
+    assert {v[0] for v in _weight_dq(tmp_path / "m.onnx").values()} == {onnx.TensorProto.UINT8}
+
+
+def test_unsupported_opset_is_one_line(tmp_path, two_conv, capsys):
+    newest = onnx.defs.onnx_opset_version()
+    with pytest.raises(ConfigError, match=rf"^ONNX opset 12 is not supported: use 13\.\.{newest} \(default 17; 21 or "
+                                          r"newer stores weights of at most 4 bits as UINT4\)$"):
+        export_onnx(_minmax(two_conv), tmp_path / "m.onnx", opset=12)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_cli_opset_21_on_fsrcnn_w4a8(tmp_path, capsys):
+    from bench.quant.io import save_quantized
+    from models import create_model
+
+    fsrcnn = create_model("fsrcnn", 2)                       # shipped weights; `auto` keeps first and last layer FP
+    qmodel = _minmax(fsrcnn, w_bits=4, a_bits=8, scope="auto")
+    save_quantized(qmodel, tmp_path / "q.pt", {"model": "fsrcnn", "scale": 2})
+    sizes = {}
+    for opset in (17, 21):
+        out = tmp_path / f"m{opset}.onnx"
+        assert main(["export", "--quantized", str(tmp_path / "q.pt"), "--format", "onnx", "--out", str(out),
+                     "--opset", str(opset), "--threads", "1"]) == 0
+        sizes[opset] = out.stat().st_size
+    printed = capsys.readouterr().out
+    four_bit = sum(1 for _, q, _ in weight_quantizers(qmodel) if q.bits == 4)
+    assert four_bit == 6 and f"; {four_bit} weights stored as UINT4; opset 21" in printed  # shrink, 4 maps, expand
+    codes = sum(w.numel() for _, q, w in weight_quantizers(qmodel) if q.bits == 4)
+    print(f"\nFSRCNN x2 W4A8 .onnx: opset 17 {sizes[17]:,} B, opset 21 {sizes[21]:,} B, {codes:,} 4-bit weights")
+    # Half a byte less per 4-bit weight (3,264 B), and per zero point (minus the longer metadata value): 3,305 B.
+    assert codes == 6_528 and sizes[17] - sizes[21] == 3_305

@@ -3,6 +3,7 @@
     bench export --quantized imdn_x2_w8a8.pt --format packed --out imdn_x2_w8a8.safetensors
     bench export --quantized imdn_x2_w8a8.pt --format onnx --out imdn_x2_w8a8.onnx --weights IMDN_x2.pth
     bench export --quantized RUN/cache/bounds/<key>.pt --model imdn --scale 2 --format onnx --out m.onnx
+    bench export --quantized imdn_x2_w4a8.pt --format onnx --opset 21 --out m.onnx   (<= 4-bit weights as UINT4)
 
 `--quantized` is a `bench quantize --out` file or a run's cached calibration (RUN/cache/bounds/*.pt); model and
 scale default to the ones it records.
@@ -38,7 +39,14 @@ def register(subparsers) -> None:
     add_source_args(p)
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("--out", type=Path, required=True, metavar="PATH", help="file to write")
+    add_opset_arg(p)
     p.set_defaults(func=run)
+
+
+def add_opset_arg(parser) -> None:
+    parser.add_argument("--opset", type=int, default=None, metavar="N",
+                        help="ONNX opset of the QDQ export (default 17: uint8 weights; 21 or newer stores weights of "
+                             "at most 4 bits as UINT4, two per byte)")
 
 
 def load_source(args: argparse.Namespace):
@@ -79,9 +87,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from bench.export.onnx_qdq import export_onnx
     report = export_onnx(qmodel, args.out, metadata={"model": name, "scale": str(scale), "config": config.tag,
-                                                     "source": json.dumps(meta, default=str)})
+                                                     "source": json.dumps(meta, default=str)}, **opset_kwargs(args))
     widened = f"; {len(report.widened)} ranges without 0 widened to include it" if report.widened else ""
+    widened += f"; {report.uint4_weights} weights stored as UINT4" if report.uint4_weights else ""
     print(f"{name} x{scale} {config.tag} ONNX -> {args.out}: {report.weight_qdq} weight and {report.activation_qdq} "
           f"activation QDQ pairs, zero points rounded (grid moved by at most {report.max_grid_shift_steps:.2f} "
-          f"step){widened}")
+          f"step){widened}; opset {report.opset}")
     return 0
+
+
+def opset_kwargs(args: argparse.Namespace) -> dict:
+    """{'opset': N} when --opset was given (export_onnx's default otherwise)."""
+    return {} if getattr(args, "opset", None) is None else {"opset": args.opset}

@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench.cli.export_cmd import add_source_args, export_meta, load_source
+from bench.cli.export_cmd import add_opset_arg, add_source_args, export_meta, load_source, opset_kwargs
 from bench.errors import ConfigError
 from bench.threads import configure_threads
 
@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--keep-onnx", type=Path, default=None, metavar="DIR",
                    help="write fp32.onnx and int8-qdq.onnx here instead of a temporary folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_opset_arg(p)
     p.set_defaults(func=run)
 
 
@@ -72,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
             folder = args.keep_onnx or Path(tmp)
             fp_path, q_path = folder / "fp32.onnx", folder / "int8-qdq.onnx"
             export_onnx(fp_model, fp_path)
-            report = export_onnx(qmodel, q_path)
+            report = export_onnx(qmodel, q_path, **opset_kwargs(args))
+            label = "int8 QDQ, UINT4 weights (onnxruntime)" if report.uint4_weights else "int8 QDQ (onnxruntime)"
             result = latency.onnx_files_latency(fp_path, q_path, args.lr_size, args.runs, args.warmup, threads,
-                                                args.provider)
+                                                args.provider, label)
             record["export"] = report.to_dict()
             if dataset is not None:
                 evaluated = _evaluate({"fake-quant": qmodel, "onnxruntime int8": OnnxSRModel(q_path, threads,

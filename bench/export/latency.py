@@ -76,7 +76,7 @@ def torch_latency(fp_model: nn.Module, qmodel: nn.Module, lr_size: int, runs: in
 
 
 def onnx_files_latency(fp_path: Path, q_path: Path, lr_size: int, runs: int, warmup: int, threads: int,
-                       provider: str = "cpu") -> LatencyResult:
+                       provider: str = "cpu", label: str = "int8 QDQ (onnxruntime)") -> LatencyResult:
     """Latency of two ONNX files on the same LR input (sides rounded up to the model's pad multiple)."""
     from bench.export.ort_model import OnnxSRModel
 
@@ -84,7 +84,7 @@ def onnx_files_latency(fp_path: Path, q_path: Path, lr_size: int, runs: int, war
     x = sample_input(_padded_size(fp, lr_size)).numpy()
     medians = interleaved_medians({"fp": lambda: fp.run_numpy(x), "q": lambda: q.run_numpy(x)}, runs, warmup)
     return LatencyResult("onnxruntime", provider, threads, x.shape[-1], runs, warmup, medians["fp"], medians["q"],
-                         "int8 QDQ (onnxruntime)")
+                         label)
 
 
 def onnxruntime_latency(fp_model: nn.Module, qmodel: nn.Module, lr_size: int, runs: int, warmup: int,

@@ -13,10 +13,16 @@ the bounds the ONNX graph effectively uses, so the cost of the rounding can be m
 (`with_integer_bounds`).
 
 Weights are rounded once, from their FP values to the integer grid (the fake-quant weights themselves are on the
-other grid), and stored as integer initializers (uint8, 8 bits per weight whatever their bit-width: a b-bit weight
-is clipped to its grid's range, so it keeps at most 2^b codes) followed by DequantizeLinear; activations are
-quantized to uint8, so the export needs 8-bit activations (`ConfigError` otherwise). The FP32 model exports with the same function
-(no quantizers), for latency comparisons in one runtime.
+other grid), and stored as integer initializers followed by DequantizeLinear: uint8 by default, 8 bits per weight
+whatever their bit-width (a b-bit weight is clipped to its grid's range, so it keeps at most 2^b codes); with
+`opset >= 21` (INT4_OPSET), weights of at most 4 bits are stored as UINT4 instead (the same codes and zero points,
+two per byte). Activations are quantized to uint8, so the export needs 8-bit activations (`ConfigError`
+otherwise). The FP32 model exports with the same function (no quantizers), for latency comparisons in one runtime.
+
+How the UINT4 weights are found: the TorchScript exporter writes at most opset 20 and knows no 4-bit type, so those
+weights are traced as *int8* QDQ pairs with zero point z - 8 (their codes then lie in -8..7; every other QDQ
+pair is uint8), the graph is converted to the asked opset, and each int8 weight initializer becomes the UINT4
+tensor of codes q + 8 with zero point z: the same integers as the uint8 export, so the same dequantized weights.
 """
 from __future__ import annotations
 
@@ -36,6 +42,11 @@ from bench.quant.quantizer import _MIN_STEP, FakeQuantizer, levels
 from bench.quant.surgery import quantizers
 
 OPSET = 17
+INT4_OPSET = 21        # QuantizeLinear/DequantizeLinear take INT4/UINT4 from opset 21 on
+TORCH_MAX_OPSET = 20   # the TorchScript exporter's newest opset; newer ones come from onnx.version_converter
+MIN_OPSET = 13         # per-channel QuantizeLinear/DequantizeLinear
+INT4_MAX_BITS = 4
+INT4_MARK = 8          # <= 4-bit weights are traced as int8 QDQ with zero point z - INT4_MARK (see the docstring)
 ONNX_ACT_BITS = 8
 UINT8_MAX = 255
 INPUT_NAME, OUTPUT_NAME = "lr", "sr"
@@ -85,18 +96,23 @@ def with_integer_bounds(qmodel: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------------------------------ torch side
 
 class _QDQ(nn.Module):
-    """torch.fake_quantize_*_affine, which the TorchScript exporter writes as QuantizeLinear + DequantizeLinear."""
+    """torch.fake_quantize_*_affine, which the TorchScript exporter writes as QuantizeLinear + DequantizeLinear.
 
-    def __init__(self, grid: IntegerGrid) -> None:
+    `mark` shifts the zero point and the integer range by -INT4_MARK (uint8 -> int8): the same output, an int8
+    graph node that the ONNX side turns into a UINT4 weight."""
+
+    def __init__(self, grid: IntegerGrid, mark: bool = False) -> None:
         super().__init__()
         self.axis = grid.axis
+        offset = INT4_MARK if mark else 0
+        self.low, self.high = (-128, 127) if mark else (0, UINT8_MAX)
         self.register_buffer("scale", grid.scale.clone())
-        self.register_buffer("zero_point", grid.zero_point.clone())
+        self.register_buffer("zero_point", grid.zero_point.clone() - offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.axis is None:
-            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, UINT8_MAX)
-        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.axis, 0, UINT8_MAX)
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.low, self.high)
+        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.axis, self.low, self.high)
 
 
 @dataclass
@@ -108,11 +124,14 @@ class ExportReport:
     activation_qdq: int = 0
     widened: list[str] = field(default_factory=list)   # quantizers whose range was widened to contain 0
     max_grid_shift_steps: float = 0.0                    # max |l + z*s| / s over the quantizers (<= 0.5)
+    opset: int = OPSET
+    uint4_weights: int = 0                               # weight initializers stored as UINT4 (opset >= 21)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "nodes": self.nodes, "weight_qdq": self.weight_qdq,
                 "activation_qdq": self.activation_qdq, "widened": self.widened,
-                "max_grid_shift_steps": self.max_grid_shift_steps}
+                "max_grid_shift_steps": self.max_grid_shift_steps, "opset": self.opset,
+                "uint4_weights": self.uint4_weights}
 
 
 def _check_exportable(qmodel: nn.Module) -> None:
@@ -130,8 +149,9 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def onnx_ready_copy(qmodel: nn.Module, report: ExportReport) -> nn.Module:
-    """A copy with every enabled FakeQuantizer replaced by a QDQ module; b-bit weights pre-rounded to their grid."""
+def onnx_ready_copy(qmodel: nn.Module, report: ExportReport, uint4_weights: bool = False) -> nn.Module:
+    """A copy with every enabled FakeQuantizer replaced by a QDQ module; b-bit weights pre-rounded to their grid.
+    With `uint4_weights`, weights of at most 4 bits get int8-marked QDQ modules (to become UINT4 in ONNX)."""
     _check_exportable(qmodel)
     model = copy.deepcopy(qmodel).cpu().eval()
     owners = {f"{path}.weight_quant": m for path, m in model.named_modules()
@@ -158,7 +178,7 @@ def onnx_ready_copy(qmodel: nn.Module, report: ExportReport) -> nn.Module:
         shift = ((lower - grid.bounds()[0]).abs() / grid.scale)[lower <= 0]
         if shift.numel():
             report.max_grid_shift_steps = max(report.max_grid_shift_steps, float(shift.max()))
-        _replace(model, name, _QDQ(grid))
+        _replace(model, name, _QDQ(grid, mark=uint4_weights and q.is_weight and q.bits <= INT4_MAX_BITS))
     return model
 
 
@@ -207,7 +227,8 @@ def _fold_weight_quantize(graph) -> int:
             scale, zp = scale.reshape(shape), zero_point.astype(np.int32).reshape(shape)
         else:
             zp = zero_point.astype(np.int32)
-        q = np.clip(np.rint(w / scale) + zp, 0, UINT8_MAX).astype(zero_point.dtype)  # rint: half to even, as ONNX
+        info = np.iinfo(zero_point.dtype)  # uint8, or int8 for the weights marked to become UINT4
+        q = np.clip(np.rint(w / scale) + zp, info.min, info.max).astype(zero_point.dtype)  # rint: half to even
         graph.initializer.remove(inits[node.input[0]])
         graph.initializer.append(numpy_helper.from_array(q, node.output[0]))
         folded.append(node)
@@ -216,18 +237,67 @@ def _fold_weight_quantize(graph) -> int:
     return len(folded)
 
 
-def _finish(path: Path, metadata: dict[str, str], fold: bool) -> dict[str, int]:
+def _int8_weights_to_uint4(graph) -> int:
+    """Each int8 weight initializer feeding a DequantizeLinear (the marked <= 4-bit weights) -> UINT4 codes q + 8,
+    its zero point -> UINT4 z + 8: the same (q - z) * s, two codes per byte."""
+    import ml_dtypes
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    consumers = Counter(i for n in graph.node for i in n.input)
+    converted = 0
+    for node in graph.node:
+        weight = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if weight is None or weight.data_type != TensorProto.INT8:
+            continue
+        zp_name = node.input[2]
+        zp = numpy_helper.to_array(inits[zp_name] if zp_name in inits else constants[zp_name].attribute[0].t)
+        codes = numpy_helper.to_array(weight).astype(np.int16) + INT4_MARK
+        zp = zp.astype(np.int16) + INT4_MARK
+        if codes.min() < 0 or codes.max() > 15 or zp.min() < 0 or zp.max() > 15:
+            raise ConfigError(f"weight {weight.name} does not fit UINT4 (codes {codes.min()}..{codes.max()}); "
+                              f"export it with --opset {OPSET}")
+        graph.initializer.remove(weight)
+        graph.initializer.append(numpy_helper.from_array(codes.astype(ml_dtypes.uint4), weight.name))
+        if zp_name in inits and consumers[zp_name] == 1:  # this node's own zero point: replaced under its name
+            graph.initializer.remove(inits.pop(zp_name))
+        else:
+            node.input[2] = f"{weight.name}.zero_point_uint4"
+        graph.initializer.append(numpy_helper.from_array(zp.astype(ml_dtypes.uint4), node.input[2]))
+        converted += 1
+    _drop_unused(graph)
+    return converted
+
+
+def _drop_unused(graph) -> None:
+    """Initializers and Constant nodes nothing reads any more (the int8 zero points replaced above)."""
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for init in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(init)
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.node.remove(node)
+
+
+def _finish(path: Path, metadata: dict[str, str], fold: bool, opset: int = OPSET) -> tuple[dict[str, int], int]:
+    """Fold the weights' QuantizeLinear, convert to `opset` if the exporter could not write it, store the marked
+    weights as UINT4; returns (node counts, UINT4 weights)."""
     import onnx
+    from onnx import version_converter
 
     model = onnx.load(str(path))
     if fold:
         _fold_weight_quantize(model.graph)
+    if opset > TORCH_MAX_OPSET:
+        model = version_converter.convert_version(model, opset)
+        del model.graph.value_info[:]  # the converter's inferred shapes: optional, and 4 KB on FSRCNN alone
+    uint4 = _int8_weights_to_uint4(model.graph) if fold and opset >= INT4_OPSET else 0
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    return dict(Counter(n.op_type for n in model.graph.node))
+    return dict(Counter(n.op_type for n in model.graph.node)), uint4
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, sample_size: int = 32, opset: int = OPSET,
@@ -235,15 +305,24 @@ def export_onnx(model: nn.Module, path: str | Path, *, sample_size: int = 32, op
     """Write `model` (a calibrated fake-quant model, or an FP one) as ONNX with dynamic H, W.
 
     `sample_size`: side of the tracing input (a multiple of the model's pad_multiple: callers pad inputs).
+    `opset`: 13 to the installed onnx's newest; from 21 on, weights of at most 4 bits are stored as UINT4.
     """
+    import onnx
+
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ConfigError(f"ONNX opset {opset} is not supported: use {MIN_OPSET}..{onnx.defs.onnx_opset_version()} "
+                          f"(default {OPSET}; {INT4_OPSET} or newer stores weights of at most 4 bits as UINT4)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    report = ExportReport(path=str(path))
+    report = ExportReport(path=str(path), opset=opset)
     quantized = bool(quantizers(model))
-    ready = onnx_ready_copy(model, report) if quantized else copy.deepcopy(model).cpu().eval()
+    uint4 = quantized and opset >= INT4_OPSET and any(q.enabled and q.is_weight and q.bits <= INT4_MAX_BITS
+                                                      for _, q in quantizers(model))
+    ready = onnx_ready_copy(model, report, uint4) if quantized else copy.deepcopy(model).cpu().eval()
     multiple = int(getattr(model, "pad_multiple", 1) or 1)
     sample_size = -(-sample_size // multiple) * multiple
-    _torch_export(ready, path, sample_size, opset)
-    meta = {"quantization": "qdq-uint8" if quantized else "fp32", "zero_point": "rounded", **(metadata or {})}
-    report.nodes = _finish(path, _metadata(model, meta), fold=quantized)
+    _torch_export(ready, path, sample_size, min(opset, TORCH_MAX_OPSET))
+    kind = ("qdq-uint8, uint4 weights" if uint4 else "qdq-uint8") if quantized else "fp32"
+    meta = {"quantization": kind, "zero_point": "rounded", **(metadata or {})}
+    report.nodes, report.uint4_weights = _finish(path, _metadata(model, meta), fold=quantized, opset=opset)
     return report
