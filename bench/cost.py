@@ -200,6 +200,7 @@ def quantizer_scalars(qmodel: nn.Module) -> int:
         for attr in ("lower", "upper"):
             value = getattr(quantizer, attr, None)
             total += value.numel() if isinstance(value, torch.Tensor) else 1
+        total += getattr(quantizer, "extra_scalars", 0)  # a type's stored parameters besides l, u (twin-uniform's shift)
     return total
 
 

@@ -70,3 +70,9 @@ def replace_quantizer(qmodel: nn.Module, name: str, new: FakeQuantizer) -> FakeQ
                           f"with kind {new.kind}, bounds {tuple(new.lower.shape)}: the layout must match")
     setattr(parent, child, new)
     return old
+
+
+# The built-in non-uniform types register themselves when imported; importing them here (after the registry
+# exists) makes them available wherever bench.quant is imported, e.g. to load_quantized.
+import bench.quant.log_quantizer  # noqa: E402,F401
+import bench.quant.twin_uniform  # noqa: E402,F401

@@ -1,0 +1,213 @@
+"""RepQ-ViT (Li et al., ICCV 2023, arXiv 2212.08254): scale reparameterisation for post-LayerNorm activations and
+a log-sqrt2 quantizer for the attention map.
+
+What it does here, in order:
+  1. Finds which LayerNorm feeds which quantized linear with the core's forward probe
+     (`bench.quant.feeds.norm_feeds`: a permutation-invariant fingerprint per channel, no architecture names).
+     In the `2dquant` scope SwinIR's qkv is split into q, k and v, each with its own input quantizer on the same
+     LayerNorm output: the three form one group and get one fold.
+  2. Calibrates every activation quantizer on the calibration batch (one FP forward):
+       * post-LayerNorm inputs: per-channel bounds (l_c, u_c), each channel by the rule below;
+       * the post-softmax map (kind act_softmax): swapped for a `log-sqrt2` quantizer (`bench.quant.log_quantizer`)
+         whose scale s is the candidate quantile that minimises ||v - Q(v)||^2;
+       * every other activation: per-tensor bounds by the rule below.
+     The rule (RepQ-ViT's released code): candidates (l, u) = the (1 - p, p) quantiles for p in 0.999, 0.9999,
+     0.99999 (and 1: min/max, so the full range is always a candidate), keep the smallest ||v - Q(v)||^2,
+     computed exactly on the sorted tensor (bench.quant.range_search).
+  3. Reparameterises each group into per-tensor quantization (paper §4.2). With s_c = (u_c - l_c) / N the
+     per-channel steps, the per-tensor target s = mean(s_c) and l = mean(l_c), r_c = s_c / s, b_c = l_c / r_c - l:
+         LayerNorm:            gamma' = gamma / r,     beta' = beta / r - b       (its output becomes x / r - b)
+         each linear it feeds: W' = W diag(r),         bias' = bias + W' b        (so W' x' + bias' = W x + bias)
+     and the group's input quantizers become per-tensor (l, l + N s). Channel c of x' then has exactly the range
+     and step the per-channel quantizer gave channel c of x. The rewrites go through
+     `bench.quant.surgery.rewrite_fp_tensor` (the quantized copy only; saved with it), and an FP forward of the
+     rewritten copy must equal the FP model's (`fold_check`) or the method stops: a LayerNorm whose output also
+     reaches something other than the folded linears cannot be folded.
+  4. Weights, after the fold (the paper re-calibrates them on the rewritten W'): the same percentile rule, per
+     output channel when the quantization config is per-channel (the paper's choice: `--per-channel-weights`),
+     per tensor otherwise (the `2dquant` scope's default, so that the table compares one placement).
+Where it departs from the paper: the log-sqrt2 quantizer has 2^b - 1 powers and zero (b bits; see
+bench/quant/log_quantizer.py), and the per-channel floor below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from bench.errors import ConfigError
+from bench.quant.calibrate import capture_activations
+from bench.quant.feeds import norm_feeds
+from bench.quant.layers import QuantLinear
+from bench.quant.log_quantizer import LogQuantizer, log_quantize_values
+from bench.quant.qtypes import make_quantizer, replace_quantizer
+from bench.quant.quantizer import ACT_SOFTMAX, FakeQuantizer, levels
+from bench.quant.range_search import cached_sorted_view, quantile_linear, sorted_view, two_bound_errors
+from bench.quant.surgery import quantizers, rewrite_fp_tensor, set_quant_enabled
+from methods.base import PTQMethod, set_weight_bounds
+from methods.registry import register_method
+from methods.transformer_ops import model_label
+
+PERCENTILES = (0.999, 0.9999, 0.99999, 1.0)
+# A channel whose range is (nearly) constant would give r_c ~ 0 and blow up gamma / r: its step is floored
+# at this fraction of the mean step (its values then sit on a few levels of the shared per-tensor grid).
+_MIN_STEP_FRACTION = 1e-3
+_LOG_SEARCH_ELEMENTS = 1 << 22  # the log scale's error is evaluated on an evenly strided subsample of this size
+
+
+@dataclass
+class FoldGroup:
+    """A LayerNorm and the quantized linears that read its output."""
+    norm: str
+    linears: list[str]
+    lower: torch.Tensor | None = None  # per-channel bounds of the norm's output (float64)
+    upper: torch.Tensor | None = None
+
+
+# --------------------------------------------------------------------------------------------- the rules
+
+def percentile_rows(view, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a sorted view, the (1 - p, p) quantile pair with the smallest exact ||v - Q(v)||^2."""
+    lowers = np.array([[quantile_linear(view, 1.0 - p, r) for p in PERCENTILES] for r in range(view.rows)])
+    uppers = np.array([[quantile_linear(view, p, r) for p in PERCENTILES] for r in range(view.rows)])
+    uppers = np.maximum(uppers, lowers)
+    errors = two_bound_errors(view, lowers.astype(np.float32), uppers.astype(np.float32), bits)
+    best = np.argmin(errors, axis=1)  # ties: the first, i.e. the tighter clip
+    rows = np.arange(view.rows)
+    return lowers[rows, best], uppers[rows, best]
+
+
+def percentile_bounds(x: torch.Tensor, bits: int) -> tuple[float, float]:
+    lower, upper = percentile_rows(cached_sorted_view(x), bits)
+    return float(lower[0]), float(upper[0])
+
+
+def percentile_channel_bounds(x: torch.Tensor, bits: int, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lower, upper = percentile_rows(sorted_view(x, axis), bits)
+    return torch.from_numpy(lower), torch.from_numpy(upper)
+
+
+def log_scale(x: torch.Tensor, quantizer: LogQuantizer) -> float:
+    """The quantile (PERCENTILES) of x whose log quantization has the smallest squared error."""
+    flat = x.detach().reshape(-1).float()
+    sample = flat[:: max(1, flat.numel() // _LOG_SEARCH_ELEMENTS)]
+    n = flat.numel()
+    top = torch.topk(flat, min(n, int(np.ceil(n * (1 - PERCENTILES[0]))) + 1)).values  # descending
+    candidates = sorted({float(top[min(top.numel() - 1, int((n - 1) * (1 - p)))]) for p in PERCENTILES})
+    candidates = [c for c in candidates if c > 0] or [1.0]
+    errors = [float((log_quantize_values(sample, torch.tensor(c), quantizer.bits, quantizer.log2_base, False)
+                     - sample).double().square().sum()) for c in candidates]
+    return candidates[int(np.argmin(errors))]
+
+
+# ------------------------------------------------------------------------------------------------ the fold
+
+def fold_groups(qmodel: nn.Module, probe: torch.Tensor) -> list[FoldGroup]:
+    """LayerNorms (with an affine) that feed quantized linears' inputs, with those linears."""
+    groups = []
+    for norm, qnames in norm_feeds(qmodel, probe).items():
+        module = qmodel.get_submodule(norm)
+        if not getattr(module, "elementwise_affine", True) or module.weight is None or module.bias is None:
+            continue  # nothing to fold the scales into
+        owners = [name.rpartition(".")[0] for name in qnames]
+        linears = [o for o, q in zip(owners, qnames) if isinstance(qmodel.get_submodule(o), QuantLinear)
+                   and f"{o}.input_quant" == q and qmodel.get_submodule(o).bias is not None]
+        if linears and len(linears) == len(qnames):
+            groups.append(FoldGroup(norm, linears))
+    return groups
+
+
+def reparameterise(qmodel: nn.Module, group: FoldGroup, bits: int) -> None:
+    """Fold the group's per-channel scales into its LayerNorm and linears; set the per-tensor bounds."""
+    n = levels(bits)
+    lower, upper = group.lower.double(), group.upper.double()
+    steps = (upper - lower) / n
+    steps = torch.clamp(steps, min=_MIN_STEP_FRACTION * float(steps.mean()))
+    target_step, target_lower = steps.mean(), lower.mean()
+    r = steps / target_step
+    b = lower / r - target_lower
+    norm = qmodel.get_submodule(group.norm)
+    rewrite_fp_tensor(qmodel, f"{group.norm}.weight", norm.weight.double() / r)
+    rewrite_fp_tensor(qmodel, f"{group.norm}.bias", norm.bias.double() / r - b)
+    for path in group.linears:
+        linear = qmodel.get_submodule(path)
+        weight = linear.weight.double() * r[None, :]
+        rewrite_fp_tensor(qmodel, f"{path}.weight", weight)
+        rewrite_fp_tensor(qmodel, f"{path}.bias", linear.bias.double() + weight @ b)
+        linear.input_quant.set_bounds(float(target_lower), float(target_lower + n * target_step))
+
+
+@torch.no_grad()
+def check_fold(qmodel: nn.Module, fp_model: nn.Module, probe: torch.Tensor, tolerance: float) -> float:
+    """max |FP(x) - rewritten copy without quantization (x)|; ConfigError beyond tolerance * max(1, max|FP|)."""
+    enabled = {name: q.enabled for name, q in quantizers(qmodel)}
+    set_quant_enabled(qmodel, False)
+    try:
+        reference, folded = fp_model(probe), qmodel(probe)
+    finally:
+        for name, q in quantizers(qmodel):
+            q.enabled = enabled[name]
+    delta = float((reference - folded).abs().max())
+    if delta > tolerance * max(1.0, float(reference.abs().max())):
+        raise ConfigError(f"repq-vit: folding the LayerNorm scales changed the FP output by {delta:.3g}: a LayerNorm "
+                          f"output reaches layers besides the folded linears; use another method for this model")
+    return delta
+
+
+# ---------------------------------------------------------------------------------------------- the method
+
+@register_method("repq-vit")
+class RepQViT(PTQMethod):
+    """RepQ-ViT: per-channel post-LayerNorm activations folded into per-tensor, log-sqrt2 attention map."""
+
+    @dataclass(frozen=True)
+    class Params:
+        attn_quantizer: Literal["log-sqrt2", "log2"] = "log-sqrt2"  # the post-softmax quantizer type
+        probe_patch: int = 16    # LR crop (pixels) of one calibration patch for the probe and the fold check
+        fold_check: float = 1e-4  # allowed FP change of the fold, relative to max(1, max|output|)
+
+        def __post_init__(self) -> None:
+            if self.probe_patch < 1:
+                raise ValueError(f"probe_patch={self.probe_patch} must be >= 1")
+            if not self.fold_check > 0:
+                raise ValueError(f"fold_check={self.fold_check} must be > 0")
+
+    def calibrate(self, qmodel: nn.Module, ctx) -> None:
+        batch = ctx.require_batch()
+        size = self.params.probe_patch
+        probe = batch[:1, :, :size, :size]
+        groups = fold_groups(qmodel, probe)
+        if not groups:
+            raise ConfigError(f"repq-vit needs LayerNorm inputs to quantized linears; {model_label(qmodel)} has none "
+                              f"(use a transformer such as swinir-light, or another method)")
+        self._swap_attention_quantizers(qmodel)
+        self._calibrate_activations(qmodel, batch, groups)
+        for group in groups:
+            reparameterise(qmodel, group, qmodel.get_submodule(group.linears[0]).input_quant.bits)
+        self.fold_delta = check_fold(qmodel, ctx.fp_model, probe, self.params.fold_check)
+        set_weight_bounds(qmodel, lambda w, q: percentile_bounds(w, q.bits),
+                          channel_rule=lambda w, q: percentile_channel_bounds(w, q.bits, q.per_channel_axis))
+        self.folded = {g.norm: g.linears for g in groups}
+
+    def _swap_attention_quantizers(self, qmodel: nn.Module) -> None:
+        for name, q in quantizers(qmodel):
+            if q.kind == ACT_SOFTMAX and q.quant_type == "uniform":
+                replace_quantizer(qmodel, name, make_quantizer(self.params.attn_quantizer, q))
+
+    def _calibrate_activations(self, qmodel: nn.Module, batch: torch.Tensor, groups: list[FoldGroup]) -> None:
+        group_of = {f"{path}.input_quant": g for g in groups for path in g.linears}
+
+        def observe(name: str, q: FakeQuantizer, x: torch.Tensor) -> None:
+            group = group_of.get(name)
+            if group is not None:
+                if group.lower is None:  # q, k and v read the same tensor: one per-channel calibration
+                    group.lower, group.upper = percentile_channel_bounds(x, q.bits, axis=-1)
+            elif isinstance(q, LogQuantizer):
+                q.set_scale(log_scale(x, q))
+            else:
+                q.set_bounds(*percentile_bounds(x, q.bits))
+
+        capture_activations(qmodel, batch, observe)
