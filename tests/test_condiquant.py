@@ -122,3 +122,17 @@ def test_bad_parameters_are_config_errors():
         CondiQuant(tol=2.0)
     with pytest.raises(ConfigError, match="rho"):
         CondiQuant(rho=0.0)
+
+
+def test_the_condiquant_reference_rows_load_under_registry_names():
+    from pathlib import Path
+
+    from bench.runner.tables import load_reference
+    from methods.registry import get_method_class
+    path = Path(__file__).resolve().parents[1] / "results" / "reference" / "condiquant-table3.csv"
+    rows = {r.method: r for r in load_reference(path)}
+    assert {m: rows[m].psnr for m in ("ptq4vit", "repq-vit", "noisyquant", "2dquant", "condiquant")} == \
+        {"ptq4vit": 37.43, "repq-vit": 37.89, "noisyquant": 37.50, "2dquant": 37.87, "condiquant": 38.03}
+    assert all(r.model == "swinirlight" and r.scale == 2 for r in rows.values())  # the FP row binds them
+    for name in ("noisyquant", "condiquant", "2dquant"):
+        get_method_class(name)

@@ -26,10 +26,12 @@ from bench.errors import ConfigError
 DATASET_ORDER = ("Set5", "Set14", "B100", "Urban100", "Manga109")
 METRICS = (("psnr", 2), ("ssim", 4))
 DISPLAY_NAMES = {"fp": "FP", "bicubic": "Bicubic", "minmax": "MinMax", "percentile": "Percentile",
-                 "emmse": "EMMSE", "ptq4sr": "DBDC+Pac", "dobi": "DOBI", "2dquant": "2DQuant"}
+                 "emmse": "EMMSE", "ptq4sr": "DBDC+Pac", "dobi": "DOBI", "2dquant": "2DQuant",
+                 "noisyquant": "NoisyQuant", "condiquant": "CondiQuant"}
 # Normalised method names of published tables that mean one of our registry names.
 REFERENCE_ALIASES = {"dbdcpac": "ptq4sr", "ptq4sr": "ptq4sr", "minmax": "minmax", "percentile": "percentile",
-                     "dobi": "dobi", "2dquant": "2dquant", "emmse": "emmse", "bicubic": "bicubic"}
+                     "dobi": "dobi", "2dquant": "2dquant", "emmse": "emmse", "bicubic": "bicubic",
+                     "noisyquant": "noisyquant", "condiquant": "condiquant", "ptq4vit": "ptq4vit", "repqvit": "repq-vit"}
 REFERENCE_COLUMNS = ("method", "scale", "bits", "dataset", "psnr", "ssim")
 
 
