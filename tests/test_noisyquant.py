@@ -149,3 +149,23 @@ def test_a_target_without_bias_and_a_non_rule_base_are_config_errors():
     with pytest.raises(ConfigError, match="not a range-rule method"):
         quantize_with_method(tiny_cnn(1), NoisyQuant(targets="all", base="2dquant"), 4, 4,
                              CalibContext(calib_batch=lr_batch(), progress=False))
+
+
+def test_a_saved_file_loads_in_a_process_that_imports_no_method(tmp_path, noisy_swinir):
+    import subprocess
+    import sys
+    from pathlib import Path
+    qmodel, _ = noisy_swinir
+    path = save_quantized(qmodel, tmp_path / "noisy.pt", {"method": "noisyquant"})
+    x = lr_batch(1, 16, seed=9)
+    with torch.no_grad():
+        torch.save(qmodel(x), tmp_path / "expected.pt")
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, torch; from bench.quant import load_quantized; from models import create_model; "
+            "q = load_quantized(sys.argv[1], create_model('swinir-light', 2)); x = torch.load(sys.argv[2]); "
+            "print('methods' in sys.modules, torch.equal(q(x), torch.load(sys.argv[3])))")
+    result = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.pt"), str(tmp_path / "expected.pt")],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "True"]  # the core alone knows the noisy type

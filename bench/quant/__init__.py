@@ -5,6 +5,7 @@ Knows no PTQ method and no architecture by name (methods live in `methods/`, mod
 from bench.quant.calibrate import capture_activations, capture_weights
 from bench.quant.io import load_quantized, read_quantized, save_quantized
 from bench.quant.layers import QuantConv2d, QuantLinear, QuantMatMul, SplitQuantLinear
+from bench.quant.noisy import NoisyFakeQuantizer  # registers the "noisy" type (NoisyQuant's offset)
 from bench.quant.pipeline import CalibContext, quantize_with_method
 from bench.quant.qtypes import list_quantizer_types, make_quantizer, register_quantizer_type, replace_quantizer
 from bench.quant.quantizer import (
@@ -40,6 +41,7 @@ __all__ = [
     "QuantConfig", "quantize_model", "quantizers", "activation_quantizers", "weight_quantizers",
     "bound_parameters", "set_quant_enabled", "uncalibrated", "rewrite_fp_tensor",
     "register_quantizer_type", "make_quantizer", "replace_quantizer", "list_quantizer_types", "LearnedRoundingQuantizer",
+    "NoisyFakeQuantizer",
     "capture_activations", "capture_weights",
     "save_quantized", "load_quantized", "read_quantized",
     "CalibContext", "quantize_with_method",
