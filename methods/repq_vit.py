@@ -190,6 +190,7 @@ class RepQViT(PTQMethod):
         self.fold_delta = check_fold(qmodel, ctx.fp_model, probe, self.params.fold_check)
         set_weight_bounds(qmodel, lambda w, q: percentile_bounds(w, q.bits),
                           channel_rule=lambda w, q: percentile_channel_bounds(w, q.bits, q.per_channel_axis))
+        self.groups = groups
         self.folded = {g.norm: g.linears for g in groups}
 
     def _swap_attention_quantizers(self, qmodel: nn.Module) -> None:
