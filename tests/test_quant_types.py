@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from bench.cost import analyze, count_layer_macs, quantizer_scalars
+from bench.errors import ConfigError
 from bench.quant import FakeQuantizer, QuantConfig, list_quantizer_types, make_quantizer, quantize_model, quantizers
 from bench.quant.io import load_quantized, save_quantized
 from bench.quant.log_quantizer import log_powers
@@ -173,3 +174,41 @@ def test_registered_types():
     with pytest.raises(ValueError, match="per-tensor"):
         make_quantizer("twin-uniform", FakeQuantizer(4, "weight", per_channel_axis=0, channels=3))
     assert math.isclose(log_powers(4, False), 15) and log_powers(4, True) == 7
+
+
+def test_packed_file_keeps_the_types_and_onnx_refuses_them(tmp_path):
+    from bench.export.onnx_qdq import export_onnx
+    from bench.export.packed import load_packed, packed_info, save_packed
+
+    fp = _toy_transformer()
+    qmodel = quantize_model(fp, QuantConfig(4, 4, scope="ptq4sr"))
+    for _, q in quantizers(qmodel):
+        q.set_bounds(-1.0, 1.0)
+    uniform_info = save_packed(qmodel, tmp_path / "uniform.safetensors")
+    names = [name for name, q in quantizers(qmodel) if not q.is_weight][:2]
+    log = make_quantizer("log-sqrt2", dict(quantizers(qmodel))[names[0]])
+    log.set_scale(0.9)
+    twin = make_quantizer("twin-uniform", dict(quantizers(qmodel))[names[1]])
+    twin.set_twin(2.0, 5, signed=True)
+    replace_quantizer(qmodel, names[0], log)
+    replace_quantizer(qmodel, names[1], twin)
+    x = torch.rand(1, 3, 6, 6)
+    with torch.no_grad():
+        expected = qmodel(x)
+    info = save_packed(qmodel, tmp_path / "types.safetensors")
+    assert info.act_bound_bytes == uniform_info.act_bound_bytes + 8  # the shift (int64) beside the bounds
+    assert info.code_bytes == uniform_info.code_bytes  # b-bit weights either way
+    loaded = load_packed(tmp_path / "types.safetensors", fp)
+    got = dict(quantizers(loaded))
+    assert got[names[0]].quant_type == "log-sqrt2" and got[names[1]].shift == 5
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+    assert packed_info(tmp_path / "types.safetensors").fp_param_bytes == uniform_info.fp_param_bytes
+    w8a8 = quantize_model(fp, QuantConfig(8, 8, scope="ptq4sr"))
+    for _, q in quantizers(w8a8):
+        q.set_bounds(-1.0, 1.0)
+    log8 = make_quantizer("log-sqrt2", dict(quantizers(w8a8))[names[0]])
+    log8.set_scale(0.9)
+    replace_quantizer(w8a8, names[0], log8)
+    with pytest.raises(ConfigError, match="log-sqrt2 quantizer, which ONNX"):
+        export_onnx(w8a8, tmp_path / "q.onnx", sample_size=6)

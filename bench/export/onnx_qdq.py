@@ -141,6 +141,9 @@ def _check_exportable(qmodel: nn.Module) -> None:
         if q.enabled and not q.is_weight and q.bits != ONNX_ACT_BITS:
             raise ConfigError(f"quantizer {name} has {q.bits}-bit activations; the ONNX export writes uint8 "
                               f"activations: quantize with --a-bits 8 (weights may have fewer bits)")
+        if q.enabled and not q.is_weight and q.quant_type != "uniform":  # QDQ nodes are uniform grids
+            raise ConfigError(f"quantizer {name} is a {q.quant_type} quantizer, which ONNX QuantizeLinear/"
+                              f"DequantizeLinear cannot express: export with --format packed, or use a uniform method")
 
 
 def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -202,15 +205,28 @@ def _torch_export(model: nn.Module, path: Path, sample_size: int, opset: int) ->
 
 # ------------------------------------------------------------------------------------------ onnx side
 
+def _constant_values(graph) -> dict[str, np.ndarray]:
+    """Every tensor of the graph with a constant value: initializers, Constant nodes, and Identity nodes of those
+    (the exporter writes one initializer per distinct value and Identity nodes for its repeats: SwinIR's
+    per-tensor zero points)."""
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:  # in topological order, so an Identity's input is known before it
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        elif n.op_type == "Identity" and n.input[0] in values:
+            values[n.output[0]] = values[n.input[0]]
+    return values
+
+
 def _fold_weight_quantize(graph) -> int:
     """QuantizeLinear(float initializer) -> the integer initializer it computes (so weights are stored as uint8)."""
     from onnx import numpy_helper
 
     inits = {t.name: t for t in graph.initializer}
-    # Scales and zero points may be initializers or Constant nodes, depending on the exporter's folding.
-    constants = {name: numpy_helper.to_array(t) for name, t in inits.items()}
-    constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
-                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    # Scales and zero points may be initializers, Constant nodes or Identity nodes of those.
+    constants = _constant_values(graph)
     consumers = Counter(i for n in graph.node for i in n.input)
     folded = []
     for node in graph.node:
@@ -234,6 +250,7 @@ def _fold_weight_quantize(graph) -> int:
         folded.append(node)
     for node in folded:
         graph.node.remove(node)
+    _drop_unused(graph)
     return len(folded)
 
 
@@ -244,7 +261,7 @@ def _int8_weights_to_uint4(graph) -> int:
     from onnx import TensorProto, numpy_helper
 
     inits = {t.name: t for t in graph.initializer}
-    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    constants = _constant_values(graph)
     consumers = Counter(i for n in graph.node for i in n.input)
     converted = 0
     for node in graph.node:
@@ -252,7 +269,7 @@ def _int8_weights_to_uint4(graph) -> int:
         if weight is None or weight.data_type != TensorProto.INT8:
             continue
         zp_name = node.input[2]
-        zp = numpy_helper.to_array(inits[zp_name] if zp_name in inits else constants[zp_name].attribute[0].t)
+        zp = constants[zp_name]
         codes = numpy_helper.to_array(weight).astype(np.int16) + INT4_MARK
         zp = zp.astype(np.int16) + INT4_MARK
         if codes.min() < 0 or codes.max() > 15 or zp.min() < 0 or zp.max() > 15:
@@ -271,12 +288,17 @@ def _int8_weights_to_uint4(graph) -> int:
 
 
 def _drop_unused(graph) -> None:
-    """Initializers and Constant nodes nothing reads any more (the int8 zero points replaced above)."""
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    """Constant/Identity nodes and initializers that nothing reads any more (a folded QuantizeLinear's float
+    weight, zero points replaced by UINT4 ones)."""
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in ("Constant", "Identity") and n.output[0] not in used]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
     for init in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(init)
-    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
-        graph.node.remove(node)
 
 
 def _finish(path: Path, metadata: dict[str, str], fold: bool, opset: int = OPSET) -> tuple[dict[str, int], int]:

@@ -138,6 +138,8 @@ def packed_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
     for qname, quantizer in activation_quantizers(qmodel):
         tensors[f"{qname}.lower"] = quantizer.lower.detach().cpu().contiguous()
         tensors[f"{qname}.upper"] = quantizer.upper.detach().cpu().contiguous()
+        for key, value in quantizer.quant_state().items():  # a non-uniform type's own state (twin-uniform's shift)
+            tensors[f"{qname}.state.{key}"] = value.detach().cpu().contiguous()
     tensors.update(_fp_tensors(qmodel, packed_names))
     return tensors, layout
 
@@ -155,6 +157,8 @@ def save_packed(qmodel: nn.Module, path: str | Path, meta: dict | None = None) -
         "config": json.dumps({**asdict(config), "scope": getattr(qmodel, "quant_scope", config.scope)}),
         "meta": json.dumps(dict(meta or {}), default=str),
         "layout": json.dumps(layout),
+        # activation quantizers of a non-uniform type (log2, log-sqrt2, twin-uniform), rebuilt by load_packed
+        "act_types": json.dumps({n: q.quant_type for n, q in activation_quantizers(qmodel) if q.quant_type != "uniform"}),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +177,7 @@ def packed_info(path: str | Path) -> PackedInfo:
     tensors, metadata = _read(path)
     layout = json.loads(metadata["layout"])
     act_names = {k for k in tensors if k.endswith((".lower", ".upper")) and k.rsplit(".", 1)[0] not in layout}
+    act_names |= {k for k in tensors if ".state." in k}  # a non-uniform activation type's parameters
 
     def nbytes(keys) -> int:
         return sum(tensors[k].numel() * tensors[k].element_size() for k in keys)
@@ -236,6 +241,7 @@ def load_packed(path: str | Path, fp_model: nn.Module) -> nn.Module:
         state[name] = dequantize(codes.reshape(entry["shape"]), tensors[f"{name}.scale"],
                                  tensors[f"{name}.lower"], entry["axis"])
         weight_quant[name].enabled = False  # the weight is already its fake-quant value
+    _restore_act_types(qmodel, json.loads(metadata.get("act_types", "{}")), tensors)
     for _, q in activation_quantizers(qmodel):
         q.calibrated = True  # the stored bounds are copied in as they are (set_bounds could widen them)
     skip = {f"{n}.{s}" for n in layout for s in ("codes", "scale", "lower")}
@@ -243,6 +249,18 @@ def load_packed(path: str | Path, fp_model: nn.Module) -> nn.Module:
     _load_state(qmodel, state, path)
     qmodel.quant_meta = json.loads(metadata["meta"])
     return qmodel
+
+
+def _restore_act_types(qmodel: nn.Module, types: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
+    """Non-uniform activation quantizers back to their type and state (taken out of `tensors`: not module state)."""
+    from bench.quant.qtypes import make_quantizer, replace_quantizer
+    for name, qtype in types.items():
+        replace_quantizer(qmodel, name, make_quantizer(qtype, dict(activation_quantizers(qmodel))[name]))
+    for name, q in activation_quantizers(qmodel):
+        prefix = f"{name}.state."
+        state = {k[len(prefix):]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
+        if state:
+            q.load_quant_state(state)
 
 
 def _load_state(qmodel: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
