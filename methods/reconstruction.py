@@ -35,6 +35,7 @@ from bench.errors import ConfigError
 from bench.quant.layers import QUANT_LAYER_TYPES
 from bench.quant.pipeline import CalibContext
 from bench.quant.qtypes import make_quantizer, replace_quantizer
+from bench.quant.quantizer import FakeQuantizer
 from bench.quant.rounding import LearnedRoundingQuantizer
 from bench.quant.surgery import activation_quantizers, weight_quantizers
 from methods.finetune import feature_modules, only_training, seed_everything
@@ -167,10 +168,13 @@ def capture_unit(model: nn.Module, unit: nn.Module, batch: torch.Tensor, with_ou
     return seen["input"], seen.get("output")
 
 
-def output_gradient(qmodel: nn.Module, unit: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """d loss / d unit output of the quantized model (as it stands), loss = sum ||Q(x) - FP(x)||^2 / N: the
-    diagonal-Fisher weights of BRECQ (its code uses |g| + 1)."""
+def output_gradient(qmodel: nn.Module, unit: nn.Module, later: list[nn.Module], batch: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
+    """|d loss / d unit output| + 1, BRECQ's diagonal-Fisher weights (its code): the model quantized up to and
+    including the unit, the `later` units in FP, loss = sum ||Q(x) - FP(x)||^2 / N (the SR counterpart of its
+    KL divergence between quantized and FP logits)."""
     seen: dict[str, torch.Tensor] = {}
+    later_quantizers = [q for m in later for q in m.modules() if isinstance(q, FakeQuantizer) and q.enabled]
 
     def post(_m, _args, out):
         out = _output_tensor(out, type(unit).__name__)
@@ -178,6 +182,8 @@ def output_gradient(qmodel: nn.Module, unit: nn.Module, batch: torch.Tensor, tar
         seen["out"] = out
 
     handle = unit.register_forward_hook(post)
+    for q in later_quantizers:
+        q.enabled = False
     try:
         with only_training(qmodel, []), torch.enable_grad():
             # a leaf that needs grad makes the whole graph differentiable while every parameter stays frozen
@@ -186,6 +192,8 @@ def output_gradient(qmodel: nn.Module, unit: nn.Module, batch: torch.Tensor, tar
             loss.backward()
     finally:
         handle.remove()
+        for q in later_quantizers:
+            q.enabled = True
     return seen["out"].grad.detach().abs() + 1.0
 
 
@@ -381,22 +389,24 @@ class Reconstruction:
         self.reports = []
         total = self.config.iters * len(units)
         with tqdm(total=total, desc="reconstruction", unit="it", disable=not ctx.progress, leave=False) as bar:
-            for unit in units:
-                self.reports.append(reconstruct_unit(unit, self._unit_data(qmodel, fp_model, unit, batch),
+            for i, unit in enumerate(units):
+                later = [u.module for u in units[i + 1:]]
+                self.reports.append(reconstruct_unit(unit, self._unit_data(qmodel, fp_model, unit, later, batch),
                                                      self.config, generator, bar))
         for _, q, _ in weight_quantizers(qmodel):
             if isinstance(q, LearnedRoundingQuantizer) and q.mode == "soft":
                 q.harden()
         return self.reports
 
-    def _unit_data(self, qmodel: nn.Module, fp_model: nn.Module, unit: Unit, batch: torch.Tensor) -> UnitData:
+    def _unit_data(self, qmodel: nn.Module, fp_model: nn.Module, unit: Unit, later: list[nn.Module],
+                   batch: torch.Tensor) -> UnitData:
         fp_in, fp_out = capture_unit(fp_model, fp_model.get_submodule(unit.name), batch, with_output=True)
         q_in, _ = capture_unit(qmodel, unit.module, batch, with_output=False)
         grad = None
         if self.config.loss == "fisher":
             with torch.no_grad():
                 target = fp_model(batch)
-            grad = output_gradient(qmodel, unit.module, batch, target)
+            grad = output_gradient(qmodel, unit.module, later, batch, target)
         return UnitData(q_in, fp_in, fp_out, grad)
 
 

@@ -138,6 +138,17 @@ def test_qdrop_with_p0_equals_brecq_with_the_same_seed():
     assert not torch.equal(outs[0], outs[2])  # the drop changes the result
 
 
+def test_brecq_fisher_loss_weights_the_error_and_beats_nearest():
+    model, batch = _toy(), _batch()
+    qmodel, method = _quantize(model, "brecq", batch, iters=40, batch=4, lr=0.05, loss="fisher")
+    _, mse = _quantize(model, "brecq", batch, iters=40, batch=4, lr=0.05)
+    fisher_reports, mse_reports = method.recon.reports, mse.recon.reports
+    assert all(r.learned < r.nearest_after for r in fisher_reports), fisher_reports
+    # The (|g| + 1)^2 weights are >= 1 and not all 1: on the first unit (same input, bounds and rounding in both
+    # runs) the Fisher loss exceeds the plain one.
+    assert fisher_reports[0].nearest_before > mse_reports[0].nearest_before
+
+
 def test_bad_parameters_are_config_errors():
     with pytest.raises(ConfigError, match="warmup=1.5 must be in"):
         create_method("brecq", warmup=1.5)
