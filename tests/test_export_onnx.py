@@ -123,6 +123,12 @@ def test_swinir_attention_matmuls_get_qdq_on_both_operands(tmp_path, swinir_rand
     blocks = sum(1 for name, _ in swinir_random.named_modules() if name.endswith("attn.matmul_qk"))
     assert len(both) >= 2 * blocks    # q@k^T and attn@v of every block (+ the linears' x @ W^T)
     assert report.activation_qdq == len(activation_quantizers(qmodel))
+    # Every weight is stored as uint8 codes, the linears' too (their zero points reach the graph through Identity
+    # nodes, which the first version did not follow: it left 141 of 144 weights in float32).
+    inits = {t.name: t.data_type for t in graph.initializer}
+    stored = [n for n in graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) == onnx.TensorProto.UINT8]
+    assert len(stored) == report.weight_qdq == len(weight_quantizers(qmodel)) == 144
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) == report.activation_qdq
     y = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     ort = OnnxSRModel(tmp_path / "swinir.onnx")(y)
     with torch.no_grad():
