@@ -1,6 +1,7 @@
 """ONNX QDQ export (bench.export.onnx_qdq): the graph's QDQ nodes, integer zero points, onnxruntime outputs."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -313,3 +314,9 @@ def test_export_cli_opset_21_on_fsrcnn_w4a8(tmp_path, capsys):
     print(f"\nFSRCNN x2 W4A8 .onnx: opset 17 {sizes[17]:,} B, opset 21 {sizes[21]:,} B, {codes:,} 4-bit weights")
     # Half a byte less per 4-bit weight (3,264 B), and per zero point (minus the longer metadata value): 3,305 B.
     assert codes == 6_528 and sizes[17] - sizes[21] == 3_305
+    capsys.readouterr()
+    assert main(["latency", "--quantized", str(tmp_path / "q.pt"), "--runtime", "onnxruntime", "--opset", "21",
+                 "--runs", "1", "--warmup", "0", "--lr-size", "16", "--threads", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["export"]["opset"], record["export"]["uint4_weights"]) == (21, 6)
+    assert record["latency"]["quantized_label"] == "int8 QDQ, UINT4 weights (onnxruntime)"
