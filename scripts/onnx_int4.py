@@ -38,7 +38,7 @@ from bench.data.calib import calibration_batch  # noqa: E402
 from bench.data.dataset import load_dataset  # noqa: E402
 from bench.evaluate import evaluate  # noqa: E402
 from bench.export.latency import interleaved_medians  # noqa: E402
-from bench.export.onnx_qdq import export_onnx, integer_grid, with_integer_bounds  # noqa: E402
+from bench.export.onnx_qdq import constant_values, export_onnx, integer_grid, with_integer_bounds  # noqa: E402
 from bench.export.ort_model import OnnxSRModel  # noqa: E402
 from bench.inference import to_tensor  # noqa: E402
 from bench.quant import CalibContext, quantize_with_method, weight_quantizers  # noqa: E402
@@ -65,13 +65,13 @@ def dequantized_weights(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, n
 
     graph = onnx.load(str(path)).graph
     inits = {t.name: t for t in graph.initializer}
+    values = constant_values(graph)  # zero points may come through Identity nodes (SwinIR)
     out = {}
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             codes = inits[node.input[0]]
-            out[node.input[0]] = (numpy_helper.to_array(codes).astype(np.int64),
-                                  numpy_helper.to_array(inits[node.input[2]]).astype(np.int64),
-                                  numpy_helper.to_array(inits[node.input[1]]).astype(np.float32), codes.data_type)
+            out[node.input[0]] = (numpy_helper.to_array(codes).astype(np.int64), values[node.input[2]].astype(np.int64),
+                                  values[node.input[1]].astype(np.float32), codes.data_type)
     return out
 
 
@@ -88,8 +88,9 @@ def weight_checks(path17: Path, path21: Path, qmodel) -> dict:
     # The exporter's names do not spell module paths (Sequential children are scoped twice): match each ONNX
     # weight to its quantizer by shape and float32 scale, which the export copies from the integer grid.
     with torch.no_grad():
-        fakes = {(tuple(w.shape), integer_grid(q).scale.numpy().tobytes()): q(w).numpy()
-                 for _, q, w in weight_quantizers(with_integer_bounds(qmodel)) if q.enabled}
+        fakes = {(tuple(w.shape), integer_grid(q).scale.numpy().tobytes()): grid_q(grid_w).numpy()
+                 for (_, q, w), (_, grid_q, grid_w) in zip(weight_quantizers(qmodel),
+                                                            weight_quantizers(with_integer_bounds(qmodel))) if q.enabled}
     identical, max_diff, uint4, uint4_bytes, uint8_bytes = True, 0.0, 0, 0, 0
     for name, (codes, zp, scale, dtype) in w21.items():
         codes17, zp17, scale17, _ = w17[name]

@@ -205,7 +205,7 @@ def _torch_export(model: nn.Module, path: Path, sample_size: int, opset: int) ->
 
 # ------------------------------------------------------------------------------------------ onnx side
 
-def _constant_values(graph) -> dict[str, np.ndarray]:
+def constant_values(graph) -> dict[str, np.ndarray]:
     """Every tensor of the graph with a constant value: initializers, Constant nodes, and Identity nodes of those
     (the exporter writes one initializer per distinct value and Identity nodes for its repeats: SwinIR's
     per-tensor zero points)."""
@@ -226,7 +226,7 @@ def _fold_weight_quantize(graph) -> int:
 
     inits = {t.name: t for t in graph.initializer}
     # Scales and zero points may be initializers, Constant nodes or Identity nodes of those.
-    constants = _constant_values(graph)
+    constants = constant_values(graph)
     consumers = Counter(i for n in graph.node for i in n.input)
     folded = []
     for node in graph.node:
@@ -261,7 +261,7 @@ def _int8_weights_to_uint4(graph) -> int:
     from onnx import TensorProto, numpy_helper
 
     inits = {t.name: t for t in graph.initializer}
-    constants = _constant_values(graph)
+    constants = constant_values(graph)
     consumers = Counter(i for n in graph.node for i in n.input)
     converted = 0
     for node in graph.node:
