@@ -147,6 +147,18 @@ def test_four_bit_activations_are_refused(tmp_path, two_conv):
         export_onnx(qmodel, tmp_path / "m.onnx")
 
 
+def test_learned_rounding_weights_are_refused(tmp_path, two_conv):
+    from bench.quant.qtypes import make_quantizer, replace_quantizer
+
+    qmodel = _minmax(two_conv, scope="ptq4sr")
+    learned = make_quantizer("learned-rounding", qmodel.body.weight_quant)
+    learned.set_bounds(qmodel.body.weight_quant.lower, qmodel.body.weight_quant.upper)
+    replace_quantizer(qmodel, "body.weight_quant", learned)
+    with pytest.raises(ConfigError, match=r"^quantizer body.weight_quant is a learned-rounding quantizer, which ONNX "
+                                          r"QuantizeLinear/DequantizeLinear cannot express: export with --format packed"):
+        export_onnx(qmodel, tmp_path / "m.onnx")
+
+
 def test_four_bit_weights_keep_sixteen_codes(tmp_path, two_conv):
     qmodel = _minmax(two_conv, scope="ptq4sr")
     qmodel.body.weight_quant.bits = 4  # ptq4sr puts the edges at 8 bits: make one conv a 4-bit one

@@ -141,7 +141,9 @@ def _check_exportable(qmodel: nn.Module) -> None:
         if q.enabled and not q.is_weight and q.bits != ONNX_ACT_BITS:
             raise ConfigError(f"quantizer {name} has {q.bits}-bit activations; the ONNX export writes uint8 "
                               f"activations: quantize with --a-bits 8 (weights may have fewer bits)")
-        if q.enabled and not q.is_weight and q.quant_type != "uniform":  # QDQ nodes are uniform grids
+        # QDQ nodes are uniform grids with round-to-nearest; a learned-rounding weight's codes sit on the
+        # fake-quant grid, which the rounded zero point moves, so its learned choices cannot be kept either.
+        if q.enabled and q.quant_type != "uniform":
             raise ConfigError(f"quantizer {name} is a {q.quant_type} quantizer, which ONNX QuantizeLinear/"
                               f"DequantizeLinear cannot express: export with --format packed, or use a uniform method")
 
