@@ -43,7 +43,7 @@ from bench.quant.layers import QuantLinear, QuantMatMul
 from bench.quant.qtypes import make_quantizer, replace_quantizer
 from bench.quant.quantizer import ACT_GELU, ACT_SOFTMAX, FakeQuantizer, fake_quantize
 from bench.quant.surgery import quantizers, set_quant_enabled
-from bench.quant.twin_uniform import TwinUniformQuantizer, codes_per_range, twin_quantize_values
+from bench.quant.twin_uniform import codes_per_range, twin_quantize_values
 from methods.base import PTQMethod
 from methods.registry import register_method
 from methods.transformer_ops import model_label
@@ -305,4 +305,4 @@ class PTQ4ViT(PTQMethod):
         capture_activations(qmodel, batch, observe)
 
 
-__all__ = ["PTQ4ViT", "TwinUniformQuantizer"]
+__all__ = ["PTQ4ViT", "LayerData", "LayerSearch", "capture_layers", "gelu_shift"]

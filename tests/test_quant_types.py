@@ -212,3 +212,17 @@ def test_packed_file_keeps_the_types_and_onnx_refuses_them(tmp_path):
     replace_quantizer(w8a8, names[0], log8)
     with pytest.raises(ConfigError, match="log-sqrt2 quantizer, which ONNX"):
         export_onnx(w8a8, tmp_path / "q.onnx", sample_size=6)
+
+
+def test_types_are_registered_by_the_core_alone():
+    """A process that imports no method (e.g. `bench eval --quantized`) can still rebuild these types."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from bench.quant.io import load_quantized; from bench.quant.qtypes import list_quantizer_types; "
+            "print(sorted(set(list_quantizer_types()) & {'log2', 'log-sqrt2', 'twin-uniform'})); "
+            "print(any(m.startswith('methods') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split("\n")
+    assert out[0] == "['log-sqrt2', 'log2', 'twin-uniform']" and out[1] == "False"
