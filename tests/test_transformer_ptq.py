@@ -123,7 +123,7 @@ def test_ptq4vit_output_close_to_fp(swinir, ptq4vit, crops):
     with torch.no_grad():
         reference = swinir(crops[1])
         err = float((qmodel(crops[1]) - reference).square().mean())
-    assert 0 < err < 1e-4, err  # measured 3e-6 on the calibration crops (MinMax: 2.6e-6)
+    assert 0 < err < 1e-4, err  # quantized (not the FP model) and close to it: the shipped weights barely move at W4A4
 
 
 def _symmetric(w: torch.Tensor, step: float) -> torch.Tensor:
