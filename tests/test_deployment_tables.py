@@ -35,7 +35,7 @@ HEADERS = ["Method", "Bits", "size KB (cost model)", "size KB (measured, packed)
 # FSRCNN x2 (13,876 parameters, 13,528 of them quantized weights; first and last layers stay FP under `auto`):
 # the cost model's sizes in bytes, and the packed files' safetensors headers (names, shapes, layout metadata).
 COST_BYTES = {"FP": 55_504, "W8A8": 16_392, "W4A4": 13_128}
-HEADER_BYTES = {"W8A8": 5_248, "W4A4": 5_240}
+HEADER_BYTES = {"W8A8": 5_264, "W4A4": 5_264}  # safetensors pads its JSON header to 8 bytes
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +90,11 @@ def test_markdown_table_puts_measured_columns_beside_the_cost_model(run, records
     assert deployment == [
         HEADERS,
         ["FP", "32", "55.5", "-", "1.00", "-", "-", "-"],                         # bicubic has no figure: no row
-        ["MinMax", "8", "16.4", "21.6", "4.00", f"{w8['latency_ort_fp32_ms']:.1f}", f"{w8['latency_ort_int8_ms']:.1f}",
+        ["MinMax", "8", "16.4", "21.7", "4.00", f"{w8['latency_ort_fp32_ms']:.1f}", f"{w8['latency_ort_int8_ms']:.1f}",
          f"{w8['latency_ort_speedup']:.2f}"],
         ["MinMax", "4", "13.1", "18.4", "5.27", "-", "-", "-"],                  # W4A4: no uint8 activations in ONNX
     ]
-    assert "safetensors header included (5.2 KB of it)" in text
+    assert "safetensors header included (5.3 KB of it)" in text
     assert "(median of 1 interleaved runs, LR 16x16, 1 thread(s))" in text
     assert "- not measured: quantizer shrink.0.input_quant has 4-bit activations" in text
 
@@ -128,6 +128,18 @@ def test_records_without_a_measurement_get_no_deployment_table(run):
     assert table.deployment is None and "size KB" not in render([table], "md")
 
 
+def test_the_latency_note_says_why_nothing_was_timed(run):
+    records = copy.deepcopy(read_records(run / "records.jsonl"))
+    for r in records:  # as a matrix with the default `latency: {runtime: torch}`
+        for field in ("latency_ort_fp32_ms", "latency_ort_int8_ms", "latency_ort_speedup", "latency_ort_note"):
+            r.pop(field, None)
+    assert "- latency: not measured in onnxruntime (add `latency: {runtime: onnxruntime}` to the matrix)" \
+        in render(build_tables(records), "md")
+    w4a4_only = [r for r in records if r.get("a_bits") != 8]                 # the demo's case: W4A4 cells only
+    assert "- latency: not measurable in onnxruntime here: the ONNX export needs 8-bit activations" \
+        in render(build_tables(w4a4_only), "md")
+
+
 def test_html_report_shows_the_deployment_cells_of_bench_table(run, records):
     from bench.report.html import RunRecords, build_report
     from bench.runner.rundir import RunDir
@@ -138,7 +150,7 @@ def test_html_report_shows_the_deployment_cells_of_bench_table(run, records):
     def cell(row: str, field: str) -> str:
         return re.search(rf'data-row="{re.escape(row)}" data-col="deployment\|{field}"[^>]*>([^<]*)', section).group(1)
 
-    assert (cell("MinMax|8", "model_size_bytes"), cell("MinMax|8", "packed_size_bytes")) == ("16.4", "21.6")
+    assert (cell("MinMax|8", "model_size_bytes"), cell("MinMax|8", "packed_size_bytes")) == ("16.4", "21.7")
     assert cell("MinMax|8", "latency_ort_int8_ms") == f"{records['W8A8']['latency_ort_int8_ms']:.1f}"
     assert (cell("MinMax|4", "latency_ort_int8_ms"), cell("FP|32", "packed_size_bytes")) == ("-", "-")
     assert "int8 latency ms (measured, onnxruntime cpu)</th>" in section
@@ -151,7 +163,7 @@ def test_plots_draw_measured_sizes_and_onnxruntime_speedups(run, records, tmp_pa
     w8, w4 = records["W8A8"], records["W4A4"]
     assert size_series(ok, Styles(ok)) == [
         ("MinMax (cost model)", "minmax", "cost model", [(0.013128, w4["psnr"]), (0.016392, w8["psnr"])]),
-        ("MinMax (measured, packed)", "minmax", "measured, packed", [(0.018368, w4["psnr"]), (0.02164, w8["psnr"])]),
+        ("MinMax (measured, packed)", "minmax", "measured, packed", [(0.018392, w4["psnr"]), (0.021656, w8["psnr"])]),
     ]
     (variant,) = ort_variants(ok, Styles(ok))                                # W4A4 was not timed in onnxruntime
     assert (variant.name, variant.bits, variant.paper_speedup) == ("MinMax", "W8A8", 4.0)

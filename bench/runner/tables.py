@@ -289,8 +289,10 @@ def _deployment_notes(records: list[dict]) -> list[str]:
             for runs, size, threads in facts)
         notes.append(f"latency: FP32 and int8 QDQ exports in one onnxruntime process ({described}); "
                      f"speed-up (measured) = FP32 / int8 latency")
-    else:
+    elif any(r.get("a_bits") == 8 for r in records if r.get("method") not in ("fp", "bicubic")):
         notes.append("latency: not measured in onnxruntime (add `latency: {runtime: onnxruntime}` to the matrix)")
+    else:  # the ONNX QDQ export writes uint8 activations
+        notes.append("latency: not measurable in onnxruntime here: the ONNX export needs 8-bit activations")
     skipped = {r["latency_ort_note"] for r in records if r.get("latency_ort_note")}
     skipped |= {r["deployment_note"] for r in records if r.get("deployment_note")}
     notes += [f"not measured: {text}" for text in sorted(skipped)]
