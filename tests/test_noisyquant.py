@@ -169,3 +169,16 @@ def test_a_saved_file_loads_in_a_process_that_imports_no_method(tmp_path, noisy_
                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["False", "True"]  # the core alone knows the noisy type
+
+
+def test_the_packed_export_keeps_the_noise_and_the_rewritten_biases(tmp_path):
+    from bench.export.packed import load_packed, save_packed
+    model = tiny_cnn(1)
+    qmodel, _ = quantize_with_method(model, NoisyQuant(targets="all", base="minmax"), 8, 8,
+                                     CalibContext(calib_batch=lr_batch(), progress=False))
+    save_packed(qmodel, tmp_path / "noisy.safetensors")
+    loaded = load_packed(tmp_path / "noisy.safetensors", model)
+    x = lr_batch(1, 12, seed=4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qmodel(x))
+    assert len(noisy_quantizers(loaded)) == 3
