@@ -48,7 +48,7 @@ def markdown(rows: list[dict], header: str) -> str:
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "defaults"
         calib = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        lines.append(f"| {r['label']} | {params} | {r['psnr']:.2f} | {r['ssim']:.4f} | {calib} | {r['notes']} |")
+        lines.append(f"| {r['label']} | {params} | {r['psnr']:.3f} | {r['ssim']:.4f} | {calib} | {r['notes']} |")
     return "\n".join(lines) + "\n"
 
 

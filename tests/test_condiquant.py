@@ -136,3 +136,19 @@ def test_the_condiquant_reference_rows_load_under_registry_names():
     assert all(r.model == "swinirlight" and r.scale == 2 for r in rows.values())  # the FP row binds them
     for name in ("noisyquant", "condiquant", "2dquant"):
         get_method_class(name)
+
+
+def test_bench_methods_list_shows_both_methods_with_their_parameters():
+    import subprocess
+    import sys
+    from pathlib import Path
+    result = subprocess.run([sys.executable, "-c", "import sys; from bench.cli import main; sys.exit(main())", "methods",
+                             "list"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = {name: next(i for i, line in enumerate(lines) if line.startswith(name + " ")) for name in ("noisyquant",
+                                                                                                    "condiquant")}
+    assert "base: str = 'dobi'" in lines[start["noisyquant"]] and "NoisyQuant" in lines[start["noisyquant"]]
+    condi = "\n".join(lines[start["condiquant"]:start["condiquant"] + 14])
+    for param in ("rho: float = 0.01", "pgd_iters: int = 100", "tol: float = 0.0001", "iters: int | None = None"):
+        assert param in condi, param
