@@ -152,3 +152,25 @@ def test_bench_methods_list_shows_both_methods_with_their_parameters():
     condi = "\n".join(lines[start["condiquant"]:start["condiquant"] + 14])
     for param in ("rho: float = 0.01", "pgd_iters: int = 100", "tol: float = 0.0001", "iters: int | None = None"):
         assert param in condi, param
+
+
+def test_bench_table_puts_the_condiquant_reference_rows_under_the_measured_ones():
+    from pathlib import Path
+
+    from bench.runner.tables import build_tables, load_reference, render
+    reference = load_reference(Path(__file__).resolve().parents[1] / "results" / "reference" / "condiquant-table3.csv")
+
+    def record(method, bits, psnr):
+        tag = "FP" if bits == 32 else f"W{bits}A{bits}"
+        return {"key": f"swinir-light/x2/{method}/{tag}/Set5", "fingerprint": "f", "run": "r", "model": "swinir-light",
+                "scale": 2, "method": method, "label": method, "method_params": {}, "w_bits": bits, "a_bits": bits,
+                "dataset": "Set5", "dataset_label": "Set5", "status": "ok", "error": None, "images": 5,
+                "expected_images": 5, "is_subset": False, "crop": None, "psnr": psnr, "ssim": 0.9, "lpips": None,
+                "per_image": [], "model_size_bytes": None, "latency_ms": None, "latency_fp_ms": None}
+    records = [record("fp", 32, 35.156), record("noisyquant", 4, 35.149), record("condiquant", 4, 35.152)]
+    text = render(build_tables(records, reference, deployment=False), "csv")
+    rows = [line.split(",")[2:] for line in text.splitlines()[1:]]  # method, bits, reference, PSNR, SSIM
+    names = [row[0] for row in rows]
+    assert names == ["FP", "SwinIR-light FP (paper)", "NoisyQuant", "NoisyQuant (paper)", "CondiQuant",
+                     "CondiQuant (paper)"]  # each paper row right under the measured row it belongs to
+    assert [row[3] for row in rows] == ["35.16", "38.15", "35.15", "37.50", "35.15", "38.03"]
