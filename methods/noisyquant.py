@@ -8,18 +8,18 @@ For each target activation x (the input of a Linear or Conv2d layer with weight 
      rounding, bench/quant/noisy.py) and the bias is rewritten to b - W N (`rewrite_fp_tensor`, saved with the
      file), so with the quantizers off the layer is the FP layer;
   4. the bounds of the target quantizers are calibrated again with the same rule, now on x + N (the tensor
-     the quantizer rounds), as the paper calibrates its quantizer on the noise-shifted activation.
-The paper applies the noisy bias to the post-GELU activations of the MLP (the input of fc2), whose peaked,
-heavy-tailed histogram is where it proves the error reduction: `targets="gelu"` (default; quantizers of kind
-act_gelu). `targets="all"` adds it to the input of every quantized Linear/Conv2d, which is how the method
-applies to CNNs. Batch-matmul operands (attention) have no bias to absorb W N and are never targets.
+     the quantizer rounds).
+The paper (its pipeline figure) applies the noisy bias to the post-GELU activations of the MLP (the input of
+fc2), whose peaked, heavy-tailed histogram is where it shows the error reduction: `targets="gelu"`
+(default; quantizers of kind act_gelu). `targets="all"` adds it to the input of every quantized Linear/Conv2d,
+which is how the method applies to CNNs. Batch-matmul operands (attention) have no bias to absorb W N and are never targets.
 
 Convolutions: b - W N with W summed over the kernel cancels the noise exactly where the whole kernel window
 lies inside the image; with zero padding the border outputs keep part of the noise (the padded zeros carry
 no N). Linear layers cancel it exactly everywhere.
 
-The paper also searches the noise range K per layer; this implementation uses the fixed K = s (the step the
-paper's analysis is written for, `amplitude=1`), and records it.
+Steps 1, 2 and 4 are this project's choices where the paper's readable text is silent: the noise range is
+the quantizer's step (`amplitude=1`, recorded), not searched per layer.
 """
 from __future__ import annotations
 
