@@ -57,11 +57,13 @@ def table_rows(rows: list[dict], out: Path, append: bool) -> tuple[list[dict], s
     if not append or not log.exists():
         return rows, None
     old = [{"bits": 4, **json.loads(line)} for line in log.read_text().splitlines() if line.strip()]
-    keys = {(r["scale"], r["method"], r["dataset"], r["bits"], json.dumps(r["params"], sort_keys=True)) for r in rows}
-    old = [r for r in old if (r["scale"], r["method"], r["dataset"], r["bits"],
-                              json.dumps(r["params"], sort_keys=True)) not in keys]
+    latest: dict[tuple, dict] = {}  # one row per cell: the last measured (dict order = first appearance)
+    for r in old + rows:
+        key = (r["scale"], r["method"], r["dataset"], r["bits"], json.dumps(r["params"], sort_keys=True))
+        latest.pop(key, None)
+        latest[key] = r
     prefix = out.read_text().split("\n| model |")[0].rstrip() + "\n" if out.exists() else None
-    return old + rows, prefix
+    return list(latest.values()), prefix
 
 
 def device_name(device: torch.device) -> str:
