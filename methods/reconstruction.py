@@ -104,7 +104,8 @@ class _Stop(Exception):
 
 @dataclass
 class UnitInput:
-    """A unit's call: positional args and kwargs; tensors whose first dim is the batch are sliced per step."""
+    """A unit's call: positional args and kwargs; tensors whose first dim is `batch` (the unit's rows) are sliced
+    per step."""
     args: tuple
     kwargs: dict
     batch: int
@@ -285,7 +286,7 @@ def _nearest(rounders: list[LearnedRoundingQuantizer]) -> Iterator[None]:
 
 @torch.no_grad()
 def unit_loss(module: nn.Module, data: UnitData, chunk: int = 8) -> float:
-    total, n = 0.0, data.q_in.batch
+    total, n, chunk = 0.0, data.q_in.batch, chunk * data.rows_per_sample
     for start in range(0, n, chunk):
         idx = torch.arange(start, min(start + chunk, n), device=data.fp_out.device)
         args, kwargs = data.q_in.select(idx)
@@ -297,10 +298,13 @@ def unit_loss(module: nn.Module, data: UnitData, chunk: int = 8) -> float:
 
 @dataclass
 class UnitData:
+    """A unit's cached tensors. Their first dim holds rows that the unit treats independently: the samples, or
+    `rows_per_sample` rows per sample inside a block (SwinIR's attention layers see windows x samples)."""
     q_in: UnitInput
     fp_in: UnitInput
     fp_out: torch.Tensor
     grad: torch.Tensor | None = None
+    rows_per_sample: int = 1
 
 
 def reconstruct_unit(unit: Unit, data: UnitData, cfg: ReconConfig, generator: torch.Generator,
@@ -318,10 +322,10 @@ def reconstruct_unit(unit: Unit, data: UnitData, cfg: ReconConfig, generator: to
         act_opt = torch.optim.Adam(bounds, lr=cfg.lr_act)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(act_opt, T_max=cfg.iters, eta_min=0.0)
         optimisers.append(act_opt)
-    n = data.q_in.batch
+    n, take = data.q_in.batch, cfg.batch * data.rows_per_sample
     with only_training(module, [*alphas, *bounds]), _dropping(acts, cfg.drop):
         for it in range(cfg.iters if optimisers else 0):
-            idx = torch.randperm(n, generator=generator)[:cfg.batch].to(data.fp_out.device)
+            idx = torch.randperm(n, generator=generator)[:take].to(data.fp_out.device)
             args, kwargs = data.q_in.select(idx, data.fp_in, cfg.drop)
             out = _output_tensor(module(*args, **kwargs), unit.name)
             loss = reconstruction_loss(out, data.fp_out[idx], None if data.grad is None else data.grad[idx])
@@ -402,12 +406,17 @@ class Reconstruction:
                    batch: torch.Tensor) -> UnitData:
         fp_in, fp_out = capture_unit(fp_model, fp_model.get_submodule(unit.name), batch, with_output=True)
         q_in, _ = capture_unit(qmodel, unit.module, batch, with_output=False)
+        rows, samples = fp_out.shape[0], batch.shape[0]
+        if rows % samples:
+            raise ConfigError(f"reconstruction unit {unit.name}: its output's first dim ({rows}) is not a multiple of "
+                              f"the {samples} calibration samples; expose units whose rows follow the batch")
+        q_in.batch = fp_in.batch = rows  # rows, not samples: window attention sees windows x samples
         grad = None
         if self.config.loss == "fisher":
             with torch.no_grad():
                 target = fp_model(batch)
             grad = output_gradient(qmodel, unit.module, later, batch, target)
-        return UnitData(q_in, fp_in, fp_out, grad)
+        return UnitData(q_in, fp_in, fp_out, grad, rows // samples)
 
 
 def summarise(reports: list[UnitReport]) -> dict:

@@ -184,6 +184,17 @@ def test_brecq_units_of_swinir_light_are_swin_blocks_and_beat_nearest():
     assert units[0].name == "conv_first" and not units[0].blockwise
 
 
+def test_adaround_is_layer_wise_inside_window_attention():
+    # qkv and proj see windows x samples rows, not samples: each layer is still a unit
+    fp = create_model("swinir-light", 2, weights="random")
+    qmodel, method = _quantize(fp, "adaround", _batch(2, 16), iters=2, batch=1, lr=0.05)
+    names = [r.name for r in method.recon.reports]
+    block = [n.removeprefix("layers.0.residual_group.blocks.0.") for n in names
+             if n.startswith("layers.0.residual_group.blocks.0.")]
+    assert block == ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]  # the ptq4sr scope quantizes no BMM
+    assert all(q.mode == "hard" for _, q, _ in weight_quantizers(qmodel) if isinstance(q, LearnedRoundingQuantizer))
+
+
 # ------------------------------------------------------------------------------------- runner and CLI
 
 RECON = """\
