@@ -235,3 +235,25 @@ def test_methods_list_shows_them(capsys):
     for name in ("adaround", "brecq", "qdrop"):
         assert name in out
     assert "lr_act" in out and "drop" in out and "20000" in out
+
+
+@pytest.mark.parametrize("model_name", ["bsrn", "carn-m", "fsrcnn", "imdn", "imdn-ntire", "imdtn", "rfdn", "rlfn",
+                                        "swinir-light"])
+def test_brecq_runs_on_every_registered_model_and_hardens_every_weight(model_name):
+    # Issue 10: the block methods run on every registered model whose units are exposed (random weights, one
+    # iteration per unit: this checks the plumbing, the value tests above check the optimisation).
+    from bench.quant import quantizers
+    from bench.quant.pipeline import CalibContext, quantize_with_method
+    from bench.quant.rounding import LearnedRoundingQuantizer
+    from methods.registry import create_method
+    from models import create_model
+    from models.registry import get_entry
+
+    torch.manual_seed(0)
+    scale = get_entry(model_name).scales[0]
+    fp = create_model(model_name, scale, weights="random")
+    batch = torch.rand(2, 3, 16, 16)
+    qmodel, _ = quantize_with_method(fp, create_method("brecq", iters=1, batch=1, init="minmax"), 4, 4,
+                                     CalibContext(calib_batch=batch, progress=False))
+    weights = [q for _, q in quantizers(qmodel) if q.is_weight]
+    assert weights and all(isinstance(q, LearnedRoundingQuantizer) and q.mode == "hard" for q in weights)
