@@ -100,6 +100,11 @@ def markdown(rows: list[dict]) -> str:
              "`python scripts/imdtn_table.py --data-root SHARED/data/benchmark --train-dir SHARED/data/train "
              "--weights-dir SHARED/weights --threads 1` (defaults: the six methods, W4A4 and W2A2, pac-iters 100, "
              "dqc-iters 100, dqc-batch 4).",
+             "Issue 10/11 rows, added with `--no-fp --methods ...`: ptq4vit, repq-vit and noisyquant at their defaults; "
+             "condiquant with `--param condiquant.iters=100 --param condiquant.batch=4` (the 2dquant rows' DQC); "
+             "adaround, brecq and qdrop with `--recon-iters 150 --recon-batch 4 --recon-lr 1e-2` (as in imdn-w4a4.md; "
+             "paper: 20,000 iterations per unit, batch 32, lr 1e-3), bounds from DOBI. Their 'calib s' were measured "
+             "with one or two other jobs on the 2 cores.",
              "",
              "| method | bits | params | dataset | PSNR | SSIM | calib s | device | commit |",
              "|---|---|---|---|---|---|---|---|---|"]
