@@ -15,11 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn as nn
-
-from bench.quant.pipeline import CalibContext
-from methods.base import PTQMethod
-from methods.reconstruction import ReconConfig, Reconstruction, summarise
+from methods.reconstruction import ReconConfig, ReconstructionMethod
 from methods.registry import METHOD_REGISTRY, register_method
 
 RECONSTRUCTION_METHODS = ("adaround", "brecq", "qdrop")  # not valid as `init`
@@ -50,8 +46,10 @@ def check_init(init: str) -> None:
 
 
 @register_method("adaround")
-class AdaRound(PTQMethod):
+class AdaRound(ReconstructionMethod):
     """AdaRound: layer-wise learned weight rounding (soft h(V), annealed regulariser), bounds from `init`."""
+
+    blockwise = False
 
     @dataclass(frozen=True)
     class Params:
@@ -72,14 +70,3 @@ class AdaRound(PTQMethod):
         p = self.params
         return ReconConfig(iters=p.iters, batch=p.batch, lam=p.lam, beta_start=p.beta_start, beta_end=p.beta_end,
                            warmup=p.warmup, lr_round=p.lr)
-
-    def calibrate(self, qmodel: nn.Module, ctx: CalibContext) -> None:
-        self.recon = Reconstruction(self.recon_config(), blockwise=False, init=self.params.init)
-        self.recon.run(qmodel, ctx)
-
-    def describe(self) -> dict:
-        out = super().describe()
-        recon = getattr(self, "recon", None)
-        if recon is not None and recon.reports:
-            out["reconstruction"] = summarise(recon.reports)
-        return out

@@ -23,17 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn as nn
-
-from bench.quant.pipeline import CalibContext
 from methods.adaround import check_common, check_init
-from methods.base import PTQMethod
-from methods.reconstruction import ReconConfig, Reconstruction, summarise
+from methods.reconstruction import ReconConfig, ReconstructionMethod
 from methods.registry import register_method
 
 
 @register_method("brecq")
-class BRECQ(PTQMethod):
+class BRECQ(ReconstructionMethod):
     """BRECQ: block-wise reconstruction, AdaRound rounding + learned activation bounds, bounds from `init`."""
 
     @dataclass(frozen=True)
@@ -62,17 +58,6 @@ class BRECQ(PTQMethod):
         p = self.params
         return ReconConfig(iters=p.iters, batch=p.batch, lam=p.lam, beta_start=p.beta_start, beta_end=p.beta_end,
                            warmup=p.warmup, lr_round=p.lr, lr_act=p.lr_act, drop=self.drop(), loss=p.loss)
-
-    def calibrate(self, qmodel: nn.Module, ctx: CalibContext) -> None:
-        self.recon = Reconstruction(self.recon_config(), blockwise=True, init=self.params.init)
-        self.recon.run(qmodel, ctx)
-
-    def describe(self) -> dict:
-        out = super().describe()
-        recon = getattr(self, "recon", None)
-        if recon is not None and recon.reports:
-            out["reconstruction"] = summarise(recon.reports)
-        return out
 
 
 @register_method("qdrop")

@@ -38,6 +38,7 @@ from bench.quant.qtypes import make_quantizer, replace_quantizer
 from bench.quant.quantizer import FakeQuantizer
 from bench.quant.rounding import LearnedRoundingQuantizer
 from bench.quant.surgery import activation_quantizers, weight_quantizers
+from methods.base import PTQMethod
 from methods.finetune import feature_modules, only_training, seed_everything
 from methods.registry import create_method
 
@@ -426,3 +427,25 @@ def summarise(reports: list[UnitReport]) -> dict:
             "units_below_nearest": sum(r.learned < r.nearest_after for r in reports),
             "loss_ratio_geomean": math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None,
             "min_binary_fraction": min((r.soft_fraction_binary for r in reports), default=1.0)}
+
+
+class ReconstructionMethod(PTQMethod):
+    """Base of the registered reconstruction methods: subclasses give `recon_config()` and `blockwise`; the run and
+    its record (units, loss ratios) are shared."""
+
+    blockwise: bool = True
+
+    def recon_config(self) -> ReconConfig:
+        raise NotImplementedError
+
+    def calibrate(self, qmodel: nn.Module, ctx: CalibContext) -> None:
+        self.recon = Reconstruction(self.recon_config(), blockwise=self.blockwise, init=self.params.init)
+        self.recon.run(qmodel, ctx)
+
+    def describe(self) -> dict:
+        out = super().describe()
+        recon = getattr(self, "recon", None)
+        if recon is not None and recon.reports:
+            out["reconstruction"] = summarise(recon.reports)
+        return out
+

@@ -69,13 +69,8 @@ class LogQuantizer(FakeQuantizer):
         self.set_bounds(-scale if signed else 0.0, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observer is not None:
-            self.observer(x)
+        if self.passes_through(x):
             return x
-        if not self.enabled:
-            return x
-        if not self.calibrated:
-            raise RuntimeError(f"{self.quant_type} quantizer ({self.bits}-bit) used before calibration")
         scale = self._broadcast(self.upper.detach(), x)
         q = log_quantize_values(x.detach(), scale, self.bits, self.log2_base, self.signed)
         if not (torch.is_grad_enabled() and x.requires_grad):

@@ -177,15 +177,22 @@ class FakeQuantizer(nn.Module):
         return p.view(shape)
 
     # --------------------------------------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def passes_through(self, x: torch.Tensor) -> bool:
+        """True when forward must return x unchanged: calibration capture (the observer sees x) or disabled.
+        Raises if an enabled quantizer has no bounds yet. Every quantizer type starts its forward with it."""
         if self.observer is not None:
             self.observer(x)
-            return x
+            return True
         if not self.enabled:
-            return x
+            return True
         if not self.calibrated:
-            raise RuntimeError(f"{self.kind} quantizer ({self.bits}-bit) used before calibration: "
+            raise RuntimeError(f"{self.quant_type} {self.kind} quantizer ({self.bits}-bit) used before calibration: "
                                f"calibrate the quantized model with a method first")
+        return False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.passes_through(x):
+            return x
         if not (torch.is_grad_enabled() and (x.requires_grad or self.lower.requires_grad or self.upper.requires_grad)):
             return self._forward_inference(x)
         lower, upper = self.lower, self.upper

@@ -77,13 +77,8 @@ class TwinUniformQuantizer(FakeQuantizer):
         self.set_bounds(-codes_per_range(self.bits) * step1 if signed else 0.0, upper)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observer is not None:
-            self.observer(x)
+        if self.passes_through(x):
             return x
-        if not self.enabled:
-            return x
-        if not self.calibrated:
-            raise RuntimeError(f"twin-uniform quantizer ({self.bits}-bit) used before calibration")
         q = twin_quantize_values(x.detach(), float(self.upper.detach()), self.shift, self.bits, self.signed)
         if not (torch.is_grad_enabled() and x.requires_grad):
             return q
