@@ -32,6 +32,7 @@ from bench.quant.calibrate import capture_activations
 from bench.quant.pipeline import CalibContext
 from bench.quant.quantizer import FakeQuantizer
 from bench.quant.surgery import quantizers, weight_quantizers
+from bench.threads import available_cpus
 
 _UnionType = types.UnionType  # `int | None` (typing.Union covers Optional[int])
 Bound = float | torch.Tensor
@@ -256,31 +257,38 @@ def set_weight_bounds(qmodel: nn.Module, rule: RangeRule, on_done: Callable[[], 
 
 
 def set_activation_bounds(qmodel: nn.Module, batch: torch.Tensor, rule: RangeRule,
-                          on_done: Callable[[], None] = _no_progress) -> None:
-    """Apply `rule` to each activation quantizer's input captured on `batch` (one FP forward, spec §3.1)."""
+                          on_done: Callable[[], None] = _no_progress, workers: int = 0) -> None:
+    """Apply `rule` to each activation quantizer's input captured on `batch` (one FP forward, spec §3.1);
+    workers > 0 runs a thread-safe rule on that many threads beside the forward (same bounds)."""
     def observe(name: str, q: FakeQuantizer, x: torch.Tensor) -> None:
         _apply(name, q, rule(x, q))
         on_done()
 
-    capture_activations(qmodel, batch, observe)
+    capture_activations(qmodel, batch, observe, workers=workers)
 
 
 def set_bounds_from_rule(qmodel: nn.Module, ctx: CalibContext, rule: RangeRule,
                          weight_rule: RangeRule | None = None, *, desc: str = "range rule",
-                         channel_rule: ChannelRule | None = None) -> None:
+                         channel_rule: ChannelRule | None = None, workers: int = 0) -> None:
     """Every quantizer's bounds from a per-tensor rule: weights from their tensor (`weight_rule`, default
     `rule`; `channel_rule` for all channels of a per-channel weight at once), activations from their input on
-    `ctx.calib_batch`. A progress bar when `ctx.progress`."""
+    `ctx.calib_batch` (on `workers` threads beside the forward when > 0). A progress bar when `ctx.progress`."""
     batch = ctx.require_batch()
     with tqdm(total=len(quantizers(qmodel)), desc=desc, unit="quantizer", disable=not ctx.progress,
               leave=False) as bar:
         set_weight_bounds(qmodel, weight_rule or rule, lambda: bar.update(1), channel_rule)
-        set_activation_bounds(qmodel, batch, rule, lambda: bar.update(1))
+        set_activation_bounds(qmodel, batch, rule, lambda: bar.update(1), workers)
 
 
 class RangeRuleMethod(PTQMethod):
     """A method defined by a per-tensor range rule: implement `range(x, quantizer) -> (l, u)` (and
-    optionally `weight_range`, default = `range`)."""
+    optionally `weight_range`, default = `range`).
+
+    `thread_safe_range = True` declares that `range` may run on several threads at once (no shared mutable
+    state): calibration then runs it on worker threads beside the capture forward, one per CPU.
+    """
+
+    thread_safe_range: ClassVar[bool] = False
 
     def range(self, x: torch.Tensor, quantizer: FakeQuantizer) -> tuple[Bound, Bound]:
         raise NotImplementedError
@@ -294,5 +302,6 @@ class RangeRuleMethod(PTQMethod):
         return None
 
     def calibrate(self, qmodel: nn.Module, ctx: CalibContext) -> None:
+        workers = available_cpus() if self.thread_safe_range else 0
         set_bounds_from_rule(qmodel, ctx, self.range, self.weight_range, desc=self.name or type(self).__name__,
-                             channel_rule=self.weight_range_per_channel)
+                             channel_rule=self.weight_range_per_channel, workers=workers)

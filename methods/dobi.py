@@ -144,6 +144,8 @@ def dobi_search(x: torch.Tensor, bits: int, K: int = 100, variant: str = "paper"
 class DOBI(RangeRuleMethod):
     """2DQuant stage 1: grid search of (l, u) minimising ||v - Q(v)||, two-/one-sided (paper or code variant)."""
 
+    thread_safe_range = True  # numpy/torch on its arguments only; the sorted-view cache is thread-safe
+
     @dataclass(frozen=True)
     class Params:
         variant: Literal["paper", "code"] = "paper"

@@ -36,6 +36,8 @@ def percentile_range(x: torch.Tensor, p: float) -> tuple[float, float]:
 class Percentile(RangeRuleMethod):
     """Bounds = the p and 1-p quantiles of each activation (numpy 'linear'); weights min/max by default."""
 
+    thread_safe_range = True  # a sort per tensor: worth the worker threads (cache is thread-safe)
+
     @dataclass(frozen=True)
     class Params:
         p: float = 1e-4

@@ -3,12 +3,14 @@ formula's numbers bit for bit, gradients are untouched, and the cache is invalid
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from bench.quant import FakeQuantizer, fake_quantize
+from bench.quant import FakeQuantizer, fake_quantize, fused
 from bench.quant import quantizer as quantizer_module
 from bench.quant.quantizer import fake_quantize_inference
 
@@ -21,10 +23,28 @@ def _reference(x, lower, upper, bits):
         return fake_quantize(x, lower, upper, bits)
 
 
+@pytest.fixture(params=["fused", "torch-ops"])
+def kernel(request, monkeypatch):
+    """Both inference kernels: the compiled one-pass kernel and the chunked torch ops it falls back to."""
+    if request.param == "torch-ops":
+        monkeypatch.setenv(fused.ENV_SWITCH, "0")
+    elif not _fused_kernel_builds():
+        pytest.skip("TorchInductor could not build the fused kernel here (no C++ compiler); torch ops are used")
+    return request.param
+
+
+def _fused_kernel_builds() -> bool:
+    x = torch.linspace(-1, 1, fused.MIN_ELEMENTS)
+    built = fused.fused_fake_quantize(x, torch.tensor(-0.5), torch.tensor(0.5), torch.tensor(1 / 15)) is not None
+    # where a compiler is on PATH (CI, the README's set-up) the kernel must build: no silent fallback there
+    assert built or not (shutil.which("g++") or shutil.which("c++")), "fused kernel failed beside a C++ compiler"
+    return built
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels-last", "strided", "small",
                                     "channel-slice-of-one"])
-def test_inference_path_equals_the_reference_formula_bit_for_bit(bits, layout):
+def test_inference_path_equals_the_reference_formula_bit_for_bit(bits, layout, kernel):
     g = torch.Generator().manual_seed(bits)
     x = torch.randn(3, 700, 200, generator=g) * 3
     if layout == "transposed":
@@ -42,6 +62,39 @@ def test_inference_path_equals_the_reference_formula_bit_for_bit(bits, layout):
     want = _reference(x, lower, upper, bits)
     assert got.shape == want.shape and torch.equal(got, want)  # max |delta| = 0, not just <= 1 ulp of the step
     assert got.stride() == want.stride()  # the layout too: downstream convs choose their kernel by it
+
+
+def _rewrite_sensitive_inputs(lower: float, upper: float, bits: int) -> tuple[np.ndarray, int, int]:
+    """float32 inputs around every rounding midpoint, with how many of them would get another value if the
+    division were computed as x * (1/s), and how many levels s * r + l would change under a fused multiply-add."""
+    lo, hi = np.float32(lower), np.float32(upper)
+    step = np.float32((hi - lo) / np.float32(2 ** bits - 1))
+    mids = lo + (np.arange(2 ** bits - 1, dtype=np.float32) + np.float32(0.5)) * step
+    x = np.concatenate([mids] + [np.nextafter(mids, np.float32(d * np.inf)) for d in (-1, 1)])
+    for _ in range(6):  # up to +-7 ulps around each midpoint
+        x = np.unique(np.concatenate([x, np.nextafter(x, np.float32(-np.inf)), np.nextafter(x, np.float32(np.inf))]))
+    shifted = np.clip(x, lo, hi) - lo
+    by_division = np.rint(shifted / step)
+    by_reciprocal = np.rint(shifted * (np.float32(1) / step))
+    levels = np.arange(2 ** bits, dtype=np.float32)
+    two_roundings = levels * step + lo
+    one_rounding = (levels.astype(np.float64) * np.float64(step) + np.float64(lo)).astype(np.float32)
+    return x, int((by_division != by_reciprocal).sum()), int((two_roundings != one_rounding).sum())
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fused_kernel_keeps_the_division_and_the_separate_multiply_add(bits, kernel):
+    """A compiler allowed to rewrite x / s as x * (1/s), or s * r + l as one fused multiply-add, would change
+    codes on these inputs; the fused kernel must give the reference's numbers on every one of them."""
+    values, reciprocal_changes, fma_changes = _rewrite_sensitive_inputs(-2.3, 4.1, bits)
+    assert reciprocal_changes > 0 and fma_changes > 0  # the inputs can catch both rewrites
+    x = torch.from_numpy(np.resize(values, max(values.size, 4 * fused.MIN_ELEMENTS)))
+    lower, upper = torch.tensor(-2.3), torch.tensor(4.1)
+    got = fake_quantize_inference(x, lower, upper, bits)
+    assert torch.equal(got, _reference(x, lower, upper, bits))
+    if kernel == "fused":
+        step = torch.clamp((upper - lower) / (2 ** bits - 1), min=1e-12)
+        assert torch.equal(fused.fused_fake_quantize(x, lower, upper, step), got)
 
 
 def test_inference_path_per_channel_and_degenerate_bounds():

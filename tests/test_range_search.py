@@ -148,7 +148,28 @@ def test_cached_view_is_reused_for_the_same_tensor_and_dropped_after_a_change():
     x.mul_(2)                                              # in-place change: version counter moves
     assert rs.cached_sorted_view(x) is not first
     rs.clear_cache()
-    assert rs.LAST_VIEW._tensor is None
+    assert not rs.RECENT_VIEWS._entries
+
+
+def test_cached_view_sorts_a_tensor_once_across_threads(monkeypatch):
+    """A capture with worker threads: q, k and v quantizers of one input on three threads share one sort."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    calls, start = [], threading.Barrier(3)
+    original = rs.sorted_view
+    monkeypatch.setattr(rs, "sorted_view", lambda x, axis=None: calls.append(1) or original(x, axis))
+    x = torch.randn(200_000)
+    rs.clear_cache()
+
+    def view(_):
+        start.wait()
+        return rs.cached_sorted_view(x)
+
+    with ThreadPoolExecutor(3) as pool:
+        views = list(pool.map(view, range(3)))
+    assert len(calls) == 1 and views[0] is views[1] is views[2]
+    assert np.array_equal(views[0].values[0], np.sort(x.numpy()))
+    rs.clear_cache()
 
 
 @dataclass

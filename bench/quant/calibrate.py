@@ -4,10 +4,17 @@
 quantizer passing its input through) and hands each activation quantizer's input to `fn` *inside* the
 forward pass, so a rule can consume the tensor and drop it: the activations of SwinIR-light on a 32x64x64
 batch (~10 GB in total) are never held at once. `capture_weights` does the same for weights.
+
+With `workers=k`, `fn` runs on k threads beside the forward (a range rule's numpy sort holds one core while the
+forward would use all of them): at most k + 1 tensors wait at once, so memory stays bounded. `fn` must then be
+thread-safe. A tensor changed in place by the model before its `fn` finished (its version counter moved) would
+give other bounds than a synchronous capture, so the whole capture is then repeated without workers.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 import torch.nn as nn
@@ -29,13 +36,54 @@ def _observer(name: str, quantizer: FakeQuantizer, fn: TensorFn, seen: set[str])
 
 
 @torch.no_grad()
-def capture_activations(qmodel: nn.Module, batch: torch.Tensor, fn: TensorFn, chunk: int | None = None) -> None:
+def capture_activations(qmodel: nn.Module, batch: torch.Tensor, fn: TensorFn, chunk: int | None = None,
+                        workers: int = 0) -> None:
     """One no-grad FP forward of `batch`; `fn(name, quantizer, x)` on each activation quantizer's first call.
 
     chunk=None (the 2DQuant protocol): one forward of the whole batch, so x is the full tensor.
     chunk=k: forwards of k samples at a time and `fn` is called once per quantizer *per chunk*: for
     streaming statistics (EMA, running means); rules that need the full tensor must leave chunk=None.
+    workers=k > 0: `fn` runs on k threads while the forward goes on (module docstring); same results.
     """
+    try:
+        if workers > 0 and _capture_concurrently(qmodel, batch, fn, chunk, workers):
+            return
+        _capture(qmodel, batch, fn, chunk)
+    finally:
+        range_search.clear_cache()  # the last sorted activations are not needed after the capture
+
+
+def _capture_concurrently(qmodel: nn.Module, batch: torch.Tensor, fn: TensorFn, chunk: int | None,
+                          workers: int) -> bool:
+    """The capture with `fn` on worker threads; False (nothing left half-done) when a tensor changed in place."""
+    slots = threading.BoundedSemaphore(workers + 1)
+    changed = threading.Event()
+    futures: list[Future] = []
+
+    def run(name: str, q: FakeQuantizer, x: torch.Tensor, version: int) -> None:
+        try:
+            fn(name, q, x)
+            if x._version != version:
+                changed.set()
+        finally:
+            slots.release()
+
+    def submit(name: str, q: FakeQuantizer, x: torch.Tensor) -> None:
+        slots.acquire()
+        futures.append(pool.submit(run, name, q, x, x._version))
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="capture") as pool:
+        try:
+            _capture(qmodel, batch, submit, chunk)
+        finally:
+            for future in futures:  # wait for every task before anything else (no work left behind)
+                future.exception()
+    for future in futures:
+        future.result()  # the first error of `fn`, raised here
+    return not changed.is_set()
+
+
+def _capture(qmodel: nn.Module, batch: torch.Tensor, fn: TensorFn, chunk: int | None) -> None:
     acts = activation_quantizers(qmodel)
     weights = [q for _, q, _ in weight_quantizers(qmodel)]
     saved_enabled = {id(q): q.enabled for q in weights}
@@ -51,7 +99,6 @@ def capture_activations(qmodel: nn.Module, batch: torch.Tensor, fn: TensorFn, ch
                 q.observer = _observer(name, q, fn, seen)
             qmodel(batch[start:start + step])
     finally:
-        range_search.clear_cache()  # the last sorted activation is not needed after the capture
         for _, q in acts:
             q.observer = None
         for q in weights:

@@ -14,8 +14,9 @@ At the two boundary points the clip counts the element for the bound as the rele
 The quantizer holds no range rule: methods set `lower`/`upper` (MQBench's observer/fake-quant split).
 
 Inference fast paths (the same numbers, bit for bit; tests/test_fake_quant_fast.py):
-  * without autograd, activations are quantized by `fake_quantize_inference`: the same float32 ops applied in
-    place, one cache-sized chunk at a time, so that a large activation goes through memory once instead of ~9 times;
+  * without autograd, activations are quantized by `fake_quantize_inference`: the same float32 ops in one
+    compiled pass (`bench.quant.fused`), or applied in place one cache-sized chunk at a time where no compiler is
+    available, so that a large activation goes through memory once instead of ~9 times;
   * a weight quantizer in eval mode without autograd keeps its quantized weight and reuses it until the weight
     or a bound changes (their version counters, storage and bit-width are the key); never in training mode.
 """
@@ -28,6 +29,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from bench.quant import fused
 MIN_BITS, MAX_BITS = 2, 8
 WEIGHT = "weight"
 ACT = "act"
@@ -259,9 +261,10 @@ def fake_quantize(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bit
 def fake_quantize_inference(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bits: int) -> torch.Tensor:
     """`fake_quantize` without autograd, computing the same float32 numbers with fewer passes over memory.
 
-    Per-tensor bounds on a dense tensor (any dimension order): the clip, shift, division, rounding, scaling and
-    offset of spec §2.3 run in place on one output buffer with x's strides, chunk by chunk. Anything else
-    (per-channel bounds, strided views, CUDA) takes the plain expression.
+    Per-tensor bounds on CPU: the clip, shift, division, rounding, scaling and offset of spec §2.3 in one pass
+    (`bench.quant.fused`, TorchInductor), or, where that kernel is unavailable or the tensor is small, in place on
+    one output buffer chunk by chunk; the output has x's strides. Per-channel bounds and CUDA take the plain
+    expression.
     """
     n = levels(bits)
     step = torch.clamp((upper - lower) / n, min=_MIN_STEP)
@@ -277,22 +280,26 @@ def fake_quantize_inference(x: torch.Tensor, lower: torch.Tensor, upper: torch.T
     # (A contiguous x may carry odd strides on size-1 dims, e.g. a channel slice of a batch of one: the output is
     # then plainly contiguous, as the reference's is.)
     if x.is_contiguous():
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        flat_in, flat_out = x.reshape(-1), out.view(-1)
+        flat_in, rebuild = x.reshape(-1), (lambda flat: flat.view(x.shape))
     else:
         # dims from outermost to innermost memory order, size-1 dims outermost (as TensorIterator lays out outputs)
         order = sorted(range(x.dim()), key=lambda d: (x.shape[d] != 1, -x.stride(d)))
         dense = x.permute(order)
-        if not dense.is_contiguous():
+        inverse = [order.index(d) for d in range(x.dim())]
+        if not dense.is_contiguous() and not fused.enabled():
             return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
-        buffer = torch.empty([x.shape[d] for d in order], dtype=x.dtype, device=x.device)
-        out = buffer.permute([order.index(d) for d in range(x.dim())])
-        flat_in, flat_out = dense.reshape(-1), buffer.view(-1)
-    for start in range(0, flat_in.numel(), _INFERENCE_CHUNK):
-        chunk = flat_out[start:start + _INFERENCE_CHUNK]
-        torch.clamp(flat_in[start:start + _INFERENCE_CHUNK], lo, hi, out=chunk)
-        chunk.sub_(lower).div_(step).round_().mul_(step).add_(lower)
-    return out
+        # a strided view (IMDN's channel split) is copied once in its memory order; the reference's output has
+        # that order too, so the layout is the same either way
+        flat_in = dense.contiguous().view(-1)
+        rebuild = (lambda flat: flat.view(dense.shape).permute(inverse))  # noqa: E731
+    flat_out = fused.fused_fake_quantize(flat_in, lower, upper.to(x.dtype), step)
+    if flat_out is None:
+        flat_out = torch.empty_like(flat_in)
+        for start in range(0, flat_in.numel(), _INFERENCE_CHUNK):
+            chunk = flat_out[start:start + _INFERENCE_CHUNK]
+            torch.clamp(flat_in[start:start + _INFERENCE_CHUNK], lo, hi, out=chunk)
+            chunk.sub_(lower).div_(step).round_().mul_(step).add_(lower)
+    return rebuild(flat_out)
 
 
 def fake_quantize_values(x: torch.Tensor, lower: float, upper: float, bits: int) -> torch.Tensor:

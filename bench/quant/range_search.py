@@ -4,7 +4,8 @@ Sort the values once (per tensor, or per row for per-channel weights). A quantiz
 its levels c_0 < ... < c_N through a rounding index idx(v) that is monotone in v, so the elements of level j are
 one contiguous run [p_j, p_{j+1}) of the sorted view, and p_j is found by bisection with the quantizer's *own*
 float32 arithmetic (not an idealised midpoint): the engine reproduces the brute-force assignment element for
-element. With d = v - mu (mu the row mean) and float64 block prefix sums S1 of d,
+element. With d = v - mu (mu a central value of the row: its mean, or its median for large rows) and float64 block
+prefix sums S1 of d,
 
     ||v - Q(v)||^2 = sum_j sum_{i in bin j} (d_i - c'_j)^2 = S2 + sum_j (n_j c'_j^2 - 2 c'_j (S1[p_{j+1}] - S1[p_j])),
 
@@ -20,7 +21,10 @@ The same view gives exact quantiles (`quantile_linear`) and numpy-equal histogra
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +41,8 @@ _FULL_PREFIX_LIMIT = 1 << 16  # up to this many elements per row, prefix sums at
 class SortedView:
     """Rows of values sorted ascending, with the sums the error formula needs.
 
-    values: float32 (R, n), each row sorted. center: float64 (R,) row means. sq_total: longdouble (R,) sum of
+    values: float32 (R, n), each row sorted. center: float64 (R,) a central value of each row (the mean of
+    small rows, the median of large ones). sq_total: longdouble (R,) sum of
     (v - center)^2. block_prefix: longdouble (R, nb + 1), the prefix sums of (v - center) at block starts.
     """
     values: np.ndarray
@@ -91,40 +96,51 @@ class SortedView:
         return lo
 
 
-def _as_rows(x: torch.Tensor, axis: int | None) -> np.ndarray:
+def _sorted_rows(x: torch.Tensor, axis: int | None) -> np.ndarray:
+    """x as rows (one, or one per index of `axis`), each sorted ascending, in a new float32 array."""
     t = x.detach()
     if t.device.type != "cpu" or t.dtype != torch.float32:
         t = t.to("cpu", torch.float32)
-    if axis is None:
-        return t.reshape(1, -1).numpy()
-    return t.movedim(axis, 0).reshape(t.shape[axis], -1).numpy()
+    rows = t.reshape(1, -1) if axis is None else t.movedim(axis, 0).reshape(t.shape[axis], -1)
+    values = rows.numpy()
+    if rows.data_ptr() == t.data_ptr():  # a view of x's memory: sort a copy (np.sort), never x itself
+        return np.sort(values, axis=1)  # numpy's SIMD sort: ~10x torch.sort on CPU
+    values.sort(axis=1)  # the reshape already copied (a strided x such as SwinIR's k^T): sort that copy in place
+    return values
 
 
 def sorted_view(x: torch.Tensor, axis: int | None = None) -> SortedView:
     """The sorted view of x (one row, or one row per index of `axis` for per-channel quantizers)."""
-    values = np.sort(_as_rows(x, axis), axis=1)  # numpy's SIMD sort: ~10x torch.sort on CPU
+    values = _sorted_rows(x, axis)
     rows, n = values.shape
     if n == 0:
         raise ValueError("cannot search quantization ranges of an empty tensor")
-    center = values.mean(axis=1, dtype=np.float64)
     if n <= _FULL_PREFIX_LIMIT:  # small tensors (weights): the prefix at every position, no partial blocks
+        center = values.mean(axis=1, dtype=np.float64)
         d = values.astype(np.float64) - center[:, None]
         prefix = np.zeros((rows, n + 1), dtype=_LD)
         np.cumsum(d.astype(_LD), axis=1, out=prefix[:, 1:])
         return SortedView(values, center, (d * d).sum(axis=1).astype(_LD), prefix, block=1)
+    # Large rows: float64 sums of d = v - center, chunk by chunk with torch (one promoting subtraction, a dot
+    # product and a block sum per chunk, on every intra-op thread); numpy took ~7 passes on one thread.
+    # Any value inside the data removes the cancellation; the median costs no pass over the data (the mean does).
+    center = values[:, n // 2].astype(np.float64)
     blocks = -(-n // _BLOCK)
-    block_sums = np.zeros((rows, blocks), dtype=np.float64)
+    block_sums = torch.zeros(rows, blocks, dtype=torch.float64)
     sq_total = np.zeros(rows, dtype=_LD)
-    for start in range(0, n, _CHUNK):  # _CHUNK is a multiple of _BLOCK
-        d = values[:, start:start + _CHUNK].astype(np.float64) - center[:, None]
-        sq_total += (d * d).sum(axis=1)
-        width = d.shape[1]
-        pad = -width % _BLOCK
-        if pad:
-            d = np.concatenate([d, np.zeros((rows, pad))], axis=1)
-        block_sums[:, start // _BLOCK:start // _BLOCK + d.shape[1] // _BLOCK] = d.reshape(rows, -1, _BLOCK).sum(axis=2)
+    for row in range(rows):
+        v = torch.from_numpy(values[row])
+        c = torch.tensor([center[row]], dtype=torch.float64)  # shape (1,), not 0-dim: v - c is promoted to float64
+        for start in range(0, n, _CHUNK):  # _CHUNK is a multiple of _BLOCK
+            d = v[start:start + _CHUNK] - c
+            sq_total[row] += float(torch.dot(d, d))
+            full = d.numel() - d.numel() % _BLOCK
+            first = start // _BLOCK
+            block_sums[row, first:first + full // _BLOCK] = d[:full].view(-1, _BLOCK).sum(dim=1)
+            if full < d.numel():  # the row's last, partial block
+                block_sums[row, -1] = d[full:].sum()
     block_prefix = np.zeros((rows, blocks + 1), dtype=_LD)
-    np.cumsum(block_sums.astype(_LD), axis=1, out=block_prefix[:, 1:])
+    np.cumsum(block_sums.numpy().astype(_LD), axis=1, out=block_prefix[:, 1:])
     return SortedView(values, center, sq_total, block_prefix)
 
 
@@ -228,19 +244,21 @@ def histogram_counts(view: SortedView, bins: int, low: float, high: float, row: 
     return np.diff(below).astype(np.int64)
 
 
-# ------------------------------------------------------------------------------------- one-entry cache
+# ------------------------------------------------------------------------------------- recent-views cache
 
-class _LastView:
-    """Keeps the sorted view of the last tensor seen: SwinIR's q, k and v quantizers share one input tensor.
+class _RecentViews:
+    """The sorted views of the last few tensors seen: SwinIR's q, k and v quantizers share one input tensor.
 
-    The tensor is held while cached, so its storage cannot be reused by another tensor with the same address;
-    the key also holds its version counter (an in-place change invalidates it). `clear()` drops both.
+    Thread-safe (a capture may run range rules on worker threads): concurrent calls on one tensor sort it once,
+    the others wait for that view. Each tensor is held while cached, so its storage cannot be reused by another
+    tensor with the same address; the key also holds its version counter (an in-place change invalidates it).
+    `clear()` drops everything.
     """
 
-    def __init__(self) -> None:
-        self._tensor: torch.Tensor | None = None
-        self._key: tuple | None = None
-        self._view: SortedView | None = None
+    def __init__(self, size: int = 3) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple, tuple[torch.Tensor, Future]] = OrderedDict()
 
     @staticmethod
     def _key_of(x: torch.Tensor, axis: int | None) -> tuple:
@@ -248,22 +266,38 @@ class _LastView:
 
     def get(self, x: torch.Tensor, axis: int | None = None) -> SortedView:
         key = self._key_of(x, axis)
-        if self._view is None or key != self._key:
-            self._view = sorted_view(x, axis)
-            self._tensor, self._key = x, key
-        return self._view
+        with self._lock:
+            entry = self._entries.get(key)
+            owner = entry is None
+            if owner:
+                entry = (x, Future())
+                self._entries[key] = entry
+                while len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
+        future = entry[1]
+        if owner:
+            try:
+                future.set_result(sorted_view(x, axis))
+            except BaseException as error:
+                future.set_exception(error)
+                with self._lock:
+                    if self._entries.get(key) is entry:
+                        del self._entries[key]
+                raise
+        return future.result()
 
     def clear(self) -> None:
-        self._tensor = self._key = self._view = None
+        with self._lock:
+            self._entries.clear()
 
 
-LAST_VIEW = _LastView()
+RECENT_VIEWS = _RecentViews()
 
 
 def cached_sorted_view(x: torch.Tensor, axis: int | None = None) -> SortedView:
-    """`sorted_view(x)`, reusing the previous call's view when x is the same tensor (unchanged)."""
-    return LAST_VIEW.get(x, axis)
+    """`sorted_view(x)`, reusing a recent call's view when x is the same tensor (unchanged)."""
+    return RECENT_VIEWS.get(x, axis)
 
 
 def clear_cache() -> None:
-    LAST_VIEW.clear()
+    RECENT_VIEWS.clear()

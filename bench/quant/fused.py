@@ -1,0 +1,70 @@
+"""One-pass CPU kernel of the inference fake quantizer (spec §2.3), compiled by TorchInductor.
+
+The formula is six float32 elementwise ops (clip, shift, divide, round, scale, offset). Run as six torch kernels
+they go through memory six times and, at two or more threads, open six OpenMP regions per call; on SwinIR-light
+that made W4A4 inference ~2.4x FP (results/reference/speed.md). `torch.compile` fuses them into one loop that
+reads each element once and writes it once, with the same IEEE operations in the same order:
+  * no `-funsafe-math-optimizations` (so no x / s -> x * (1/s) rewrite) and `-ffp-contract=off` (so no fused
+    multiply-add for s * round(q) + l): both options are pinned below, not left to Inductor's defaults;
+  * round is Vectorized::round (round-half-to-even, as torch.round).
+tests/test_fake_quant_fast.py checks bit equality on inputs built so that either rewrite would change a code.
+
+Inductor needs a C++ compiler. Without one (or with BENCH_FUSED_FAKE_QUANT=0) `fused_fake_quantize` returns
+None and the caller keeps its chunked torch ops, which give the same numbers, more slowly. The first call in a
+process compiles (about 15 s on a 2-core machine with an empty cache; ~3 s once Inductor's on-disk cache holds
+the kernel); later calls of any length reuse it (dynamic shapes).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import torch
+
+ENV_SWITCH = "BENCH_FUSED_FAKE_QUANT"
+# Below this many elements the call overhead of a compiled graph (guards, ~20 us) exceeds what fusion saves.
+MIN_ELEMENTS = 1 << 15
+_INDUCTOR_OPTIONS = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off"}
+
+_kernel = None
+_failed = False
+
+
+def _fake_quantize_flat(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                        step: torch.Tensor) -> torch.Tensor:
+    # the op order of `bench.quant.quantizer.fake_quantize`: s * round((clip(x, l, u) - l) / s) + l
+    return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
+
+
+def enabled() -> bool:
+    """False when the user switched the kernel off or it failed to build in this process."""
+    return not _failed and os.environ.get(ENV_SWITCH, "1") != "0"
+
+
+def _compiled():
+    global _kernel
+    if _kernel is None:
+        # Inductor warns about a missing CUDA toolkit on CPU-only machines; it does not concern a CPU kernel.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        _kernel = torch.compile(_fake_quantize_flat, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
+    return _kernel
+
+
+def fused_fake_quantize(flat: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                        step: torch.Tensor) -> torch.Tensor | None:
+    """s * round((clip(flat, l, u) - l) / s) + l in one pass, for a 1-D contiguous float32 CPU tensor and 0-dim
+    float32 bounds and step; None when the kernel is unavailable (the caller then uses torch ops)."""
+    global _failed
+    if (not enabled() or flat.dim() != 1 or not flat.is_contiguous() or flat.dtype != torch.float32
+            or flat.device.type != "cpu" or flat.numel() < MIN_ELEMENTS):
+        return None
+    try:
+        with torch.no_grad():
+            return _compiled()(flat, lower, upper, step)
+    except Exception as error:  # no compiler, an unsupported platform, a broken Inductor install
+        _failed = True
+        warnings.warn(f"fused fake-quant kernel unavailable ({type(error).__name__}: {str(error)[:200]}); "
+                      f"using torch ops (same numbers, slower). Set {ENV_SWITCH}=0 to skip the attempt.",
+                      RuntimeWarning, stacklevel=2)
+        return None
