@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from bench.quant import fused
+
 MIN_BITS, MAX_BITS = 2, 8
 WEIGHT = "weight"
 ACT = "act"
