@@ -2,9 +2,11 @@
 
 Settings that must be made before torch is first imported (`prepare_runtime`, called first by the CLI and by
 tests/conftest.py; a user's own value always wins):
-  * OMP_WAIT_POLICY=PASSIVE: with OpenMP's default spin-waiting, a thread whose core is taken by another process
-    keeps its siblings spinning at every barrier, and a run beside one busy process becomes an order of magnitude
-    slower (README, "Speed and CPU contention");
+  * GOMP_SPINCOUNT=2000: an OpenMP thread waiting at a barrier spins ~2000 times before it sleeps. OpenMP's
+    default (300,000 spins) keeps the siblings of a thread whose core is taken by another process spinning at
+    every barrier, and a run beside one busy process became an order of magnitude slower; never spinning
+    (OMP_WAIT_POLICY=PASSIVE, this project's earlier default) pays a wake-up at every parallel op instead, and
+    made small-batch fine-tuning 1.36x slower than this setting on idle cores (README, "Speed and CPU contention");
   * THP_MEM_ALLOC_ENABLE=1: torch's CPU allocator asks for transparent huge pages, so a fresh 200 MB activation
     costs ~100x fewer page faults (measured: allocating and filling 50M floats 0.071 -> 0.032 s, a fake-quant
     pass over them 0.131 -> 0.079 s).
@@ -27,7 +29,7 @@ THREADS_HELP = ("CPU threads for torch (default: the CPUs this process may use; 
                 "or when other processes share the cores)")
 
 
-RUNTIME_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "THP_MEM_ALLOC_ENABLE": "1"}
+RUNTIME_DEFAULTS = {"GOMP_SPINCOUNT": "2000", "THP_MEM_ALLOC_ENABLE": "1"}
 
 
 KEEP_FREED_MEMORY_ENV = "BENCH_KEEP_FREED_MEMORY"

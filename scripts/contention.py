@@ -6,9 +6,10 @@
 Each timed run is a fresh `bench run --matrix M --out <tmp>` (nothing reused from an earlier run; the cache of
 embedded photos and calibration patches is filled by an untimed warm-up first). Scenarios, in turns:
   * idle: nothing else runs;
-  * busy: one other process spins on one core (`python -c "while True: pass"`), defaults of this project;
+  * busy: one other process spins on one core (`python -c "while True: pass"`), defaults of this project
+    (GOMP_SPINCOUNT=2000, bench/threads.py);
   * busy, spin-waiting OpenMP: the same with OMP_WAIT_POLICY=ACTIVE, the OpenMP default before this project set
-    PASSIVE (what a user saw before: an order of magnitude slower).
+    short spin waits (what a user saw before: an order of magnitude slower).
 The ratio busy/idle is the figure of merit: losing one of two cores should cost about 2x, not 10x.
 """
 from __future__ import annotations

@@ -43,7 +43,7 @@ def _fused_kernel_builds() -> bool:
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels-last", "strided", "small",
-                                    "channel-slice-of-one"])
+                                    "channel-slice-of-one", "attention-operand"])
 def test_inference_path_equals_the_reference_formula_bit_for_bit(bits, layout, kernel):
     g = torch.Generator().manual_seed(bits)
     x = torch.randn(3, 700, 200, generator=g) * 3
@@ -57,6 +57,9 @@ def test_inference_path_equals_the_reference_formula_bit_for_bit(bits, layout, k
         x = x[:1, :500]                   # IMDN's channel split of a batch of one: contiguous, odd size-1 stride
     elif layout == "small":
         x = x[0, :10]
+    elif layout == "attention-operand":  # SwinIR's k^T: a non-dense view of the qkv output (bw, heads, hd, N)
+        qkv = torch.randn(64, 64, 180, generator=g).reshape(64, 64, 3, 6, 10).permute(2, 0, 3, 1, 4)
+        x = qkv[1].transpose(-2, -1)
     lower, upper = torch.tensor(-2.3), torch.tensor(4.1)
     got = fake_quantize_inference(x, lower, upper, bits)
     want = _reference(x, lower, upper, bits)

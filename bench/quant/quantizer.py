@@ -283,16 +283,16 @@ def fake_quantize_inference(x: torch.Tensor, lower: torch.Tensor, upper: torch.T
     if x.is_contiguous():
         flat_in, rebuild = x.reshape(-1), (lambda flat: flat.view(x.shape))
     else:
+        direct = fused.fused_fake_quantize(x, lower, upper.to(x.dtype), step)  # reads the strided view in place
+        if direct is not None:
+            return direct
         # dims from outermost to innermost memory order, size-1 dims outermost (as TensorIterator lays out outputs)
         order = sorted(range(x.dim()), key=lambda d: (x.shape[d] != 1, -x.stride(d)))
         dense = x.permute(order)
-        inverse = [order.index(d) for d in range(x.dim())]
-        if not dense.is_contiguous() and not fused.enabled():
+        if not dense.is_contiguous():
             return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
-        # a strided view (IMDN's channel split) is copied once in its memory order; the reference's output has
-        # that order too, so the layout is the same either way
-        flat_in = dense.contiguous().view(-1)
-        rebuild = (lambda flat: flat.view(dense.shape).permute(inverse))  # noqa: E731
+        inverse = [order.index(d) for d in range(x.dim())]
+        flat_in, rebuild = dense.reshape(-1), (lambda flat: flat.view(dense.shape).permute(inverse))  # noqa: E731
     flat_out = fused.fused_fake_quantize(flat_in, lower, upper.to(x.dtype), step)
     if flat_out is None:
         flat_out = torch.empty_like(flat_in)
