@@ -179,3 +179,19 @@ def test_imdn_x2_w4a4_dobi_set5_psnr_unchanged(weights_dir, benchmark_root, trai
                         lambda self, x: fake_quantize(x, self._broadcast(self.lower, x), self._broadcast(self.upper, x),
                                                       self.bits))
     assert evaluate(qmodel, set5, 2, "cpu", lpips=False, progress=False).psnr == fast
+
+
+def test_a_kernel_that_cannot_be_built_falls_back_to_torch_ops_with_one_warning(monkeypatch):
+    """No C++ compiler (or a broken Inductor): one warning naming the switch, then torch ops, same numbers."""
+    def no_compiler():
+        raise RuntimeError("Compiler: cc is not found")
+    monkeypatch.setattr(fused, "_compiled", no_compiler)
+    monkeypatch.setattr(fused, "_failed", False)
+    x = torch.randn(4 * fused.MIN_ELEMENTS, generator=torch.Generator().manual_seed(3))
+    lower, upper = torch.tensor(-1.5), torch.tensor(2.0)
+    with pytest.warns(RuntimeWarning, match=fused.ENV_SWITCH):
+        first = fake_quantize_inference(x, lower, upper, 4)
+    assert not fused.enabled()
+    assert torch.equal(first, _reference(x, lower, upper, 4))
+    assert torch.equal(fake_quantize_inference(x.view(64, -1).t(), lower, upper, 4),
+                       _reference(x.view(64, -1).t(), lower, upper, 4))  # strided, no second attempt
