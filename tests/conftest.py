@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.threads import prepare_runtime
 
-prepare_runtime()  # before torch is imported (passive OpenMP waits, huge-page allocations), as the CLI does
+prepare_runtime()  # before torch is imported (short OpenMP spin waits, huge pages, kept freed memory), as the CLI does
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
