@@ -6,7 +6,8 @@ tests/conftest.py; a user's own value always wins):
     default (300,000 spins) keeps the siblings of a thread whose core is taken by another process spinning at
     every barrier, and a run beside one busy process became an order of magnitude slower; never spinning
     (OMP_WAIT_POLICY=PASSIVE, this project's earlier default) pays a wake-up at every parallel op instead, and
-    made small-batch fine-tuning 1.36x slower than this setting on idle cores (README, "Speed and CPU contention");
+    made small-batch fine-tuning 1.36x slower than this setting on idle cores (README, "Speed and CPU contention").
+    A user's OMP_WAIT_POLICY leaves it unset: libgomp lets GOMP_SPINCOUNT override the policy;
   * THP_MEM_ALLOC_ENABLE=1: torch's CPU allocator asks for transparent huge pages, so a fresh 200 MB activation
     costs ~100x fewer page faults (measured: allocating and filling 50M floats 0.071 -> 0.032 s, a fake-quant
     pass over them 0.131 -> 0.079 s).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Mapping
 
 from bench.errors import ConfigError
 
@@ -38,10 +40,18 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _TRIM_THRESHOLD = 1 << 30  # free memory above the heap top beyond 1 GiB still goes back to the system
 
 
+def runtime_defaults(environ: Mapping[str, str]) -> dict[str, str]:
+    """The defaults above that `environ` does not decide itself. A user's OMP_WAIT_POLICY keeps its meaning:
+    libgomp lets GOMP_SPINCOUNT override the policy, so the spin count is then left unset."""
+    missing = {name: value for name, value in RUNTIME_DEFAULTS.items() if name not in environ}
+    if "OMP_WAIT_POLICY" in environ:
+        missing.pop("GOMP_SPINCOUNT", None)
+    return missing
+
+
 def prepare_runtime() -> None:
     """Set the defaults above unless the user chose otherwise; must run before `import torch`."""
-    for name, value in RUNTIME_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    os.environ.update(runtime_defaults(os.environ))
     if os.environ.get(KEEP_FREED_MEMORY_ENV, "1") != "0":
         keep_freed_memory()
 

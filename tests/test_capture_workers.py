@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.quant import CalibContext, QuantConfig, capture_activations, quantize_model, quantizers
+import methods.base as methods_base
+from bench.quant import CalibContext, QuantConfig, activation_quantizers, capture_activations, quantize_model, quantizers
 from methods.dobi import DOBI
 from methods.registry import create_method
 
@@ -29,12 +30,22 @@ def test_worker_threads_give_the_synchronous_bounds_on_swinir(method, monkeypatc
     batch = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(1))
     rule = create_method(method)
     assert type(rule).thread_safe_range
-    results = []
+    results, threads = [], []
+    original = type(rule).range
+
+    def recording_range(self, x, q):
+        threads.append(threading.current_thread().name)
+        return original(self, x, q)
+    monkeypatch.setattr(type(rule), "range", recording_range)
+    monkeypatch.setattr(methods_base, "available_cpus", lambda: 2)  # workers even on a 1-CPU runner
     for threaded in (True, False):
         monkeypatch.setattr(type(rule), "thread_safe_range", threaded)
         qmodel = quantize_model(fp, QuantConfig(4, 4))
+        threads.clear()
         rule.calibrate(qmodel, CalibContext(fp_model=fp, calib_batch=batch, progress=False))
         results.append(_bounds(qmodel))
+        on_workers = sum(name.startswith("capture") for name in threads)
+        assert on_workers == (len(activation_quantizers(qmodel)) if threaded else 0)  # where the rule ran
     threaded, synchronous = results
     assert len(threaded) == len(quantizers(qmodel)) > 100
     for name, (lower, upper) in synchronous.items():

@@ -25,12 +25,20 @@ def _reference(x, lower, upper, bits):
 
 @pytest.fixture(params=["fused", "torch-ops"])
 def kernel(request, monkeypatch):
-    """Both inference kernels: the compiled one-pass kernel and the chunked torch ops it falls back to."""
+    """Both inference kernels: the compiled one-pass kernel and the chunked torch ops it falls back to.
+    Returns (name, calls): calls counts the compiled kernel's runs, so a test can check which one ran."""
     if request.param == "torch-ops":
         monkeypatch.setenv(fused.ENV_SWITCH, "0")
     elif not _fused_kernel_builds():
         pytest.skip("TorchInductor could not build the fused kernel here (no C++ compiler); torch ops are used")
-    return request.param
+    calls = []
+    compiled = fused._compiled
+
+    def counting():
+        kernel_fn = compiled()
+        return lambda *args: calls.append(1) or kernel_fn(*args)
+    monkeypatch.setattr(fused, "_compiled", counting)
+    return request.param, calls
 
 
 def _fused_kernel_builds() -> bool:
@@ -65,6 +73,8 @@ def test_inference_path_equals_the_reference_formula_bit_for_bit(bits, layout, k
     want = _reference(x, lower, upper, bits)
     assert got.shape == want.shape and torch.equal(got, want)  # max |delta| = 0, not just <= 1 ulp of the step
     assert got.stride() == want.stride()  # the layout too: downstream convs choose their kernel by it
+    name, calls = kernel
+    assert len(calls) == (1 if name == "fused" and x.numel() >= fused.MIN_ELEMENTS else 0)  # that kernel ran
 
 
 def _rewrite_sensitive_inputs(lower: float, upper: float, bits: int) -> tuple[np.ndarray, int, int]:
@@ -95,7 +105,9 @@ def test_fused_kernel_keeps_the_division_and_the_separate_multiply_add(bits, ker
     lower, upper = torch.tensor(-2.3), torch.tensor(4.1)
     got = fake_quantize_inference(x, lower, upper, bits)
     assert torch.equal(got, _reference(x, lower, upper, bits))
-    if kernel == "fused":
+    name, calls = kernel
+    assert len(calls) == (name == "fused")
+    if name == "fused":
         step = torch.clamp((upper - lower) / (2 ** bits - 1), min=1e-12)
         assert torch.equal(fused.fused_fake_quantize(x, lower, upper, step), got)
 

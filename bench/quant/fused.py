@@ -11,7 +11,7 @@ tests/test_fake_quant_fast.py checks bit equality on inputs built so that either
 
 Inductor needs a C++ compiler. Without one (or with BENCH_FUSED_FAKE_QUANT=0) `fused_fake_quantize` returns
 None and the caller keeps its chunked torch ops, which give the same numbers, more slowly. The first call in a
-process compiles (about 15 s on a 2-core machine with an empty cache; ~3 s once Inductor's on-disk cache holds
+process compiles (about 17 s on a 2-core machine with an empty cache; ~3 s once Inductor's on-disk cache holds
 the kernel); later calls of any length reuse it (dynamic shapes).
 """
 from __future__ import annotations

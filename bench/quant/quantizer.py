@@ -270,37 +270,45 @@ def fake_quantize_inference(x: torch.Tensor, lower: torch.Tensor, upper: torch.T
     n = levels(bits)
     step = torch.clamp((upper - lower) / n, min=_MIN_STEP)
     if lower.numel() != 1 or x.device.type != "cpu":
-        return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
-    # CPU: Python-float bounds take torch's vectorised scalar kernels (clamp with tensor bounds is ~10x slower);
-    # a float32 bound converted to float and back is the same number, and x / s is the same IEEE division.
-    lo, hi = float(lower), float(upper)
-    lower, step = lower.to(x.dtype), step.to(x.dtype)  # 0-dim tensors: no scalar wrapping per chunk
-    # Work on x's memory in order (any permutation of a dense tensor: NCHW, channels-last, SwinIR's k^T) and
-    # give the output x's strides, as the reference's elementwise ops do: a downstream conv picks its kernel by
-    # layout, and a different layout there would change the model's numbers.
-    # (A contiguous x may carry odd strides on size-1 dims, e.g. a channel slice of a batch of one: the output is
-    # then plainly contiguous, as the reference's is.)
+        return _plain(x, lower, upper, step)
+    lower, upper, step = lower.to(x.dtype), upper.to(x.dtype), step.to(x.dtype)
+    # The output has x's strides, as the reference's elementwise ops give it: a downstream conv picks its kernel
+    # by layout, and a different layout there would change the model's numbers. The fused kernel keeps the
+    # dimension order of a strided x itself; the chunked ops work on x's memory in order (any permutation of a
+    # dense tensor: NCHW, channels-last, SwinIR's k^T). (A contiguous x may carry odd strides on size-1 dims,
+    # e.g. a channel slice of a batch of one: the output is then plainly contiguous, as the reference's is.)
     if x.is_contiguous():
-        flat_in, rebuild = x.reshape(-1), (lambda flat: flat.view(x.shape))
-    else:
-        direct = fused.fused_fake_quantize(x, lower, upper.to(x.dtype), step)  # reads the strided view in place
-        if direct is not None:
-            return direct
-        # dims from outermost to innermost memory order, size-1 dims outermost (as TensorIterator lays out outputs)
-        order = sorted(range(x.dim()), key=lambda d: (x.shape[d] != 1, -x.stride(d)))
-        dense = x.permute(order)
-        if not dense.is_contiguous():
-            return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
-        inverse = [order.index(d) for d in range(x.dim())]
-        flat_in, rebuild = dense.reshape(-1), (lambda flat: flat.view(dense.shape).permute(inverse))  # noqa: E731
-    flat_out = fused.fused_fake_quantize(flat_in, lower, upper.to(x.dtype), step)
-    if flat_out is None:
-        flat_out = torch.empty_like(flat_in)
-        for start in range(0, flat_in.numel(), _INFERENCE_CHUNK):
-            chunk = flat_out[start:start + _INFERENCE_CHUNK]
-            torch.clamp(flat_in[start:start + _INFERENCE_CHUNK], lo, hi, out=chunk)
-            chunk.sub_(lower).div_(step).round_().mul_(step).add_(lower)
-    return rebuild(flat_out)
+        flat = fused.fused_fake_quantize(x.reshape(-1), lower, upper, step)  # one kernel for every shape
+        if flat is not None:
+            return flat.view(x.shape)
+        return _chunked(x.reshape(-1), lower, upper, step).view(x.shape)
+    direct = fused.fused_fake_quantize(x, lower, upper, step)  # reads the strided view in place
+    if direct is not None:
+        return direct
+    # dims from outermost to innermost memory order, size-1 dims outermost (as TensorIterator lays out outputs)
+    order = sorted(range(x.dim()), key=lambda d: (x.shape[d] != 1, -x.stride(d)))
+    dense = x.permute(order)
+    if not dense.is_contiguous():
+        return _plain(x, lower, upper, step)
+    inverse = [order.index(d) for d in range(x.dim())]
+    return _chunked(dense.reshape(-1), lower, upper, step).view(dense.shape).permute(inverse)
+
+
+def _plain(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
+
+
+def _chunked(flat: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """The ops of spec §2.3 in place on one output buffer, one cache-sized chunk at a time (1-D contiguous input).
+    Python-float clamp bounds take torch's vectorised scalar kernel (clamp with tensor bounds is ~10x slower); a
+    float32 bound converted to float and back is the same number."""
+    lo, hi = float(lower), float(upper)
+    out = torch.empty_like(flat)
+    for start in range(0, flat.numel(), _INFERENCE_CHUNK):
+        chunk = out[start:start + _INFERENCE_CHUNK]
+        torch.clamp(flat[start:start + _INFERENCE_CHUNK], lo, hi, out=chunk)
+        chunk.sub_(lower).div_(step).round_().mul_(step).add_(lower)
+    return out
 
 
 def fake_quantize_values(x: torch.Tensor, lower: float, upper: float, bits: int) -> torch.Tensor:

@@ -68,10 +68,7 @@ def worker_env(threads: int) -> dict[str, str]:
     """Environment of worker processes: the driver's BENCH_* settings (a Ray cluster started elsewhere does not
     have them), OpenMP sized to the task's CPUs, and the runtime defaults of bench.threads (short spin waits,
     huge pages) unless the driver's environment sets them (or an OpenMP wait policy) itself."""
-    from bench.threads import RUNTIME_DEFAULTS
-    env = {k: v for k, v in os.environ.items() if k.startswith("BENCH_") or k in PASSED_ON}
-    env.update({name: os.environ.get(name, value) for name, value in RUNTIME_DEFAULTS.items()})
-    if "OMP_WAIT_POLICY" in os.environ:
-        env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
-    env["OMP_NUM_THREADS"] = str(threads)
-    return env
+    from bench.threads import RUNTIME_DEFAULTS, runtime_defaults
+    passed = {k: v for k, v in os.environ.items() if k.startswith("BENCH_") or k in PASSED_ON
+              or k in RUNTIME_DEFAULTS or k == "OMP_WAIT_POLICY"}
+    return {**passed, **runtime_defaults(passed), "OMP_NUM_THREADS": str(threads)}
