@@ -34,10 +34,11 @@ def test_worker_threads_give_the_synchronous_bounds_on_swinir(method, monkeypatc
     original = type(rule).range
 
     def recording_range(self, x, q):
-        threads.append(threading.current_thread().name)
+        if not q.is_weight:
+            threads.append(threading.current_thread().name)
         return original(self, x, q)
     monkeypatch.setattr(type(rule), "range", recording_range)
-    monkeypatch.setattr(methods_base, "available_cpus", lambda: 2)  # workers even on a 1-CPU runner
+    monkeypatch.setattr(methods_base, "capture_workers", lambda: 1)  # a worker even on a 1-CPU runner
     for threaded in (True, False):
         monkeypatch.setattr(type(rule), "thread_safe_range", threaded)
         qmodel = quantize_model(fp, QuantConfig(4, 4))
@@ -45,7 +46,8 @@ def test_worker_threads_give_the_synchronous_bounds_on_swinir(method, monkeypatc
         rule.calibrate(qmodel, CalibContext(fp_model=fp, calib_batch=batch, progress=False))
         results.append(_bounds(qmodel))
         on_workers = sum(name.startswith("capture") for name in threads)
-        assert on_workers == (len(activation_quantizers(qmodel)) if threaded else 0)  # where the rule ran
+        assert len(threads) == len(activation_quantizers(qmodel))  # once per activation quantizer
+        assert (0 < on_workers <= len(threads)) if threaded else on_workers == 0  # where the rule ran
     threaded, synchronous = results
     assert len(threaded) == len(quantizers(qmodel)) > 100
     for name, (lower, upper) in synchronous.items():
@@ -80,9 +82,49 @@ def test_a_tensor_changed_in_place_while_queued_reruns_the_capture_synchronously
     capture_activations(qmodel, batch, slow_max, workers=2)
     synchronous = []
     capture_activations(qmodel, batch, lambda name, q, x: synchronous.append((name, float(x.abs().max()))))
-    threaded_pass = [s for s in seen if s[1].startswith("capture")]
-    rerun = [(name, value) for name, thread, value in seen if not thread.startswith("capture")]
-    assert threaded_pass and rerun == synchronous  # the rerun is synchronous and gives its values
+    assert len(seen) == 2 * len(synchronous)  # the threaded pass (every call), then the rerun
+    threaded_pass, rerun = seen[:len(synchronous)], seen[len(synchronous):]
+    assert any(thread.startswith("capture") for _, thread, _ in threaded_pass)
+    assert not any(thread.startswith("capture") for _, thread, _ in rerun)  # the rerun is synchronous
+    assert [(name, value) for name, _, value in rerun] == synchronous  # and gives its values
+
+
+class _Chain(nn.Module):
+    def __init__(self, n: int = 12):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(2, 2, 3, padding=1) for _ in range(n))
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = conv(x)
+            time.sleep(0.005)  # a forward slower than a thread start, faster than the worker's calls
+        return x
+
+
+def test_when_every_slot_is_taken_the_forward_thread_runs_the_call_and_keeps_the_other_threads():
+    torch.manual_seed(0)
+    qmodel = quantize_model(_Chain(), QuantConfig(8, 8, scope="ptq4sr"))
+    batch = torch.randn(1, 2, 8, 8)
+    calls = []
+
+    def slow_max(name, q, x):
+        if threading.current_thread().name.startswith("capture"):
+            time.sleep(0.05)  # a slow worker: the forward must not wait for it
+        calls.append((name, threading.current_thread().name, torch.get_num_threads(), float(x.abs().max())))
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        capture_activations(qmodel, batch, slow_max, workers=1)
+        assert torch.get_num_threads() == 2  # restored after the capture
+    finally:
+        torch.set_num_threads(saved)
+    synchronous = []
+    capture_activations(qmodel, batch, lambda name, q, x: synchronous.append((name, float(x.abs().max()))))
+    here = [c for c in calls if not c[1].startswith("capture")]
+    assert here and len(here) < len(calls)  # both the worker and the forward's thread ran calls
+    assert all(threads == 1 for _, _, threads, _ in calls)  # 2 threads - 1 worker, while the capture ran
+    assert sorted((name, value) for name, _, _, value in calls) == sorted(synchronous)  # each once, same values
 
 
 def test_a_rule_error_on_a_worker_is_raised_and_nothing_is_left_running():
@@ -100,3 +142,17 @@ def test_a_rule_error_on_a_worker_is_raised_and_nothing_is_left_running():
 
 def test_dobi_declares_its_rule_thread_safe_and_minmax_does_not():
     assert DOBI.thread_safe_range and not type(create_method("minmax")).thread_safe_range
+
+
+class _FailsAfterOneLayer(_Chain):
+    def forward(self, x):
+        self.convs[0](x)
+        raise RuntimeError("the model broke mid-forward")
+
+
+def test_an_error_in_the_forward_is_raised_at_once_and_stops_the_workers():
+    qmodel = quantize_model(_FailsAfterOneLayer(), QuantConfig(8, 8, scope="ptq4sr"))
+    before, saved = threading.active_count(), torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="broke mid-forward"):
+        capture_activations(qmodel, torch.randn(1, 2, 8, 8), lambda name, q, x: time.sleep(0.05), workers=2)
+    assert threading.active_count() == before and torch.get_num_threads() == saved

@@ -128,15 +128,17 @@ def sorted_view(x: torch.Tensor, axis: int | None = None) -> SortedView:
     blocks = -(-n // _BLOCK)
     block_sums = torch.zeros(rows, blocks, dtype=torch.float64)
     sq_total = np.zeros(rows, dtype=_LD)
+    buffer = torch.empty(min(n, _CHUNK), dtype=torch.float64)  # reused: no allocation per chunk
     for row in range(rows):
         v = torch.from_numpy(values[row])
         c = torch.tensor([center[row]], dtype=torch.float64)  # shape (1,), not 0-dim: v - c is promoted to float64
         for start in range(0, n, _CHUNK):  # _CHUNK is a multiple of _BLOCK
-            d = v[start:start + _CHUNK] - c
+            part = v[start:start + _CHUNK]
+            d = torch.sub(part, c, out=buffer[:part.numel()])
             sq_total[row] += float(torch.dot(d, d))
             full = d.numel() - d.numel() % _BLOCK
             first = start // _BLOCK
-            block_sums[row, first:first + full // _BLOCK] = d[:full].view(-1, _BLOCK).sum(dim=1)
+            torch.sum(d[:full].view(-1, _BLOCK), dim=1, out=block_sums[row, first:first + full // _BLOCK])
             if full < d.numel():  # the row's last, partial block
                 block_sums[row, -1] = d[full:].sum()
     block_prefix = np.zeros((rows, blocks + 1), dtype=_LD)
