@@ -281,8 +281,8 @@ def set_bounds_from_rule(qmodel: nn.Module, ctx: CalibContext, rule: RangeRule,
 
 def capture_workers() -> int:
     """Worker threads for a thread-safe range rule: half of this process's torch threads; the capture forward
-    keeps the other half (on 2 cores, one sorting worker beside a 1-thread forward: 19.0-20.5 s for DOBI on the
-    speed benchmark, against 21.6-22.4 s for two sorting workers beside a 2-thread forward)."""
+    keeps the other half (on 2 cores, DOBI on the speed benchmark's batch: one sorting worker beside a 1-thread
+    forward 19.0-20.5 s, two sorting workers beside a 2-thread forward 21.6-22.4 s)."""
     return torch.get_num_threads() // 2
 
 

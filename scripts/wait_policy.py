@@ -7,6 +7,7 @@ Each setting runs in a fresh process: 2DQuant with 20 DQC steps (batch 2, 32x32 
 """
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -54,9 +55,14 @@ def run(env_extra: dict[str, str], busy: bool) -> float:
             spinner.wait()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
+                    help="the wait settings to measure (default: all; each takes about 1-3 minutes, idle and busy)")
+    args = ap.parse_args(argv)
     print("| wait setting | idle | beside one busy process |\n|---|---|---|")
-    for name, env in SETTINGS.items():
+    for name in args.settings:
+        env = SETTINGS[name]
         idle, busy = run(env, False), run(env, True)
         print(f"| {name} | {idle:.1f} s | {busy:.1f} s |", flush=True)
     return 0

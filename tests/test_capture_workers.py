@@ -69,6 +69,13 @@ class _InPlaceAfterUse(nn.Module):
         return y + h
 
 
+def _synchronous_maxima(qmodel, batch) -> list[tuple[str, float]]:
+    """(name, max |x|) of each activation quantizer's input, in call order, from a capture without workers."""
+    maxima = []
+    capture_activations(qmodel, batch, lambda name, q, x: maxima.append((name, float(x.abs().max()))))
+    return maxima
+
+
 def test_a_tensor_changed_in_place_while_queued_reruns_the_capture_synchronously():
     torch.manual_seed(0)
     qmodel = quantize_model(_InPlaceAfterUse(), QuantConfig(8, 8, scope="ptq4sr"))
@@ -80,8 +87,7 @@ def test_a_tensor_changed_in_place_while_queued_reruns_the_capture_synchronously
         seen.append((name, threading.current_thread().name, float(x.abs().max())))
 
     capture_activations(qmodel, batch, slow_max, workers=2)
-    synchronous = []
-    capture_activations(qmodel, batch, lambda name, q, x: synchronous.append((name, float(x.abs().max()))))
+    synchronous = _synchronous_maxima(qmodel, batch)
     assert len(seen) == 2 * len(synchronous)  # the threaded pass (every call), then the rerun
     threaded_pass, rerun = seen[:len(synchronous)], seen[len(synchronous):]
     assert any(thread.startswith("capture") for _, thread, _ in threaded_pass)
@@ -119,8 +125,7 @@ def test_when_every_slot_is_taken_the_forward_thread_runs_the_call_and_keeps_the
         assert torch.get_num_threads() == 2  # restored after the capture
     finally:
         torch.set_num_threads(saved)
-    synchronous = []
-    capture_activations(qmodel, batch, lambda name, q, x: synchronous.append((name, float(x.abs().max()))))
+    synchronous = _synchronous_maxima(qmodel, batch)
     here = [c for c in calls if not c[1].startswith("capture")]
     assert here and len(here) < len(calls)  # both the worker and the forward's thread ran calls
     assert all(threads == 1 for _, _, threads, _ in calls)  # 2 threads - 1 worker, while the capture ran

@@ -85,6 +85,8 @@ class _Tasks:
     When that many are outstanding, `submit` runs the call on the calling thread (caller runs), so the forward
     never waits; `close(drain=True)` lets the calling thread take the calls still waiting, then joins the
     workers and raises the first error of `fn`. Tensors are dropped as soon as their call is done.
+    Not a ThreadPoolExecutor: its queued work items keep their tensors alive until they run, and a cancelled
+    one cannot be handed back to the calling thread.
     """
 
     def __init__(self, fn: TensorFn, workers: int) -> None:
