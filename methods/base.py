@@ -307,7 +307,11 @@ class RangeRuleMethod(PTQMethod):
         channel; None (the default) means "use weight_range per channel"."""
         return None
 
+    def rule_workers(self) -> int:
+        """Threads that run `range` beside the capture forward (0: on the forward's thread, between its layers)."""
+        return capture_workers() if self.thread_safe_range else 0
+
     def calibrate(self, qmodel: nn.Module, ctx: CalibContext) -> None:
-        workers = capture_workers() if self.thread_safe_range else 0
+        workers = self.rule_workers()
         set_bounds_from_rule(qmodel, ctx, self.range, self.weight_range, desc=self.name or type(self).__name__,
                              channel_rule=self.weight_range_per_channel, workers=workers)

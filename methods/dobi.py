@@ -15,9 +15,16 @@ Variants (spec D1/D2; default "paper", recorded in results):
 At i = K the paper's two-sided candidate is the zero-width range l = u = m + R/2 (the quantizer then outputs
 that constant); it is kept as a candidate for fidelity and in practice never wins.
 
-The loss of every candidate is ||v - Q(v)||^2 with exact (float64) differences and sums. Two searches
-compute it (`search`, recorded in results):
-  * "sorted" (default): the core's range-search engine (bench.quant.range_search) sorts the tensor once and
+The loss of every candidate is ||v - Q(v)||^2 with exact (float64) differences and sums. Three searches
+compute it (`search`, recorded in results). On the tests' tensors and on the 384 quantizers of shipped
+SwinIR-light x2, the first two pick brute force's bounds, or bounds whose error is within 1e-12 relative of
+brute force's minimum (tests/test_range_search.py):
+  * "stream" (default): the grid depends only on min(v) and max(v), so the first float32 value of every level of
+    every candidate is known before the data is read (`range_search.level_thresholds`); one pass over the tensor
+    then counts and sums the values between those thresholds (bench.quant.bin_sums, numba), split over all of
+    the process's threads. Tensors of at most 65,536 values, and per-channel weights, use the sorted engine;
+    without numba everything does;
+  * "sorted": the core's range-search engine (bench.quant.range_search) sorts the tensor once and
     evaluates each candidate in O(2^b log n) with the quantizer's own float32 rounding; per-channel weights are
     searched all channels at once;
   * "brute": every candidate on every element, vectorised over candidates and chunked over candidates and
@@ -32,13 +39,23 @@ import numpy as np
 import torch
 
 from bench.quant.quantizer import ACT_GELU, ACT_SOFTMAX, FakeQuantizer, levels
-from bench.quant.range_search import SortedView, cached_sorted_view, sorted_view, two_bound_errors
+from bench.quant.range_search import (
+                                      SortedView,
+                                      cached_result,
+                                      cached_sorted_view,
+                                      sorted_view,
+                                      streamable,
+                                      streamed_tensor,
+                                      two_bound_errors,
+                                      two_bound_errors_streamed,
+)
 from methods.base import RangeRuleMethod
 from methods.registry import register_method
 
 ONE_SIDED_KINDS = (ACT_SOFTMAX, ACT_GELU)
 _MIN_STEP = 1e-12          # same guard as the quantizer's forward (zero-width candidate)
 _WORK_ELEMENTS = 1 << 20   # candidates x elements evaluated at once (4 MB of float32: cache-friendly on CPU)
+_STREAM_MIN_ELEMENTS = 1 << 16  # smaller tensors: the sorted engine is as fast, without the pass's fixed costs
 
 
 @dataclass(frozen=True)
@@ -125,10 +142,42 @@ def search_rows(view: SortedView, bits: int, K: int, variant: str, one_sided: bo
     return np.where(constant, m, lower), np.where(constant, M, upper)
 
 
+def streamed_search(x: torch.Tensor, bits: int, K: int, variant: str,
+                    one_sided: bool) -> tuple[float, float] | None:
+    """DOBI bounds from one pass over x that puts every value into the candidates' level bins (no sort); None
+    when x is empty or holds an inf or a NaN. Split over all of the process's torch threads."""
+    threads = torch.get_num_threads()
+    t = streamed_tensor(x)
+    if t is None:
+        return None
+    m, M = t.minimum, t.maximum
+    if not M > m:  # constant tensor: nothing to search
+        return m, M
+    lowers, uppers = dobi_grid_rows(np.array([m]), np.array([M]), K, variant, one_sided)
+    losses = two_bound_errors_streamed(t, lowers[0], uppers[0], bits, threads)
+    index = pick(losses, ties_to_later=variant == "paper")
+    return float(lowers[0, index]), float(uppers[0, index])
+
+
+def _not_finite(x: torch.Tensor) -> ValueError:
+    bad = int((~torch.isfinite(x.detach())).sum())
+    return ValueError(f"DOBI cannot search bounds of a tensor holding NaN or inf ({bad} of {x.numel()} values, "
+                      f"shape {tuple(x.shape)}): check the model's FP output on the calibration batch")
+
+
 def dobi_search(x: torch.Tensor, bits: int, K: int = 100, variant: str = "paper",
-                one_sided: bool = False, search: str = "sorted") -> tuple[float, float]:
-    """DOBI bounds of one tensor (see module docstring)."""
-    if search == "sorted":
+                one_sided: bool = False, search: str = "stream") -> tuple[float, float]:
+    """DOBI bounds of one tensor (see module docstring); ValueError when x holds a NaN or an inf."""
+    if search == "stream" and streamable() and x.numel() > _STREAM_MIN_ELEMENTS:
+        # q, k and v have one input tensor and the same quantizer settings: one pass serves the three
+        bounds = cached_result(x, ("dobi", bits, K, variant, one_sided),
+                               lambda: streamed_search(x, bits, K, variant, one_sided))
+        if bounds is None:
+            raise _not_finite(x)
+        return bounds
+    if not bool(torch.isfinite(x.detach()).all()):
+        raise _not_finite(x)
+    if search in ("sorted", "stream"):
         lower, upper = search_rows(cached_sorted_view(x), bits, K, variant, one_sided)
         return float(lower[0]), float(upper[0])
     lower, upper = torch.aminmax(x.detach())
@@ -150,11 +199,16 @@ class DOBI(RangeRuleMethod):
     class Params:
         variant: Literal["paper", "code"] = "paper"
         K: int = 100
-        search: Literal["sorted", "brute"] = "sorted"  # same bounds; brute = every candidate on every element
+        search: Literal["stream", "sorted", "brute"] = "stream"  # same bounds by three computations (docstring)
 
         def __post_init__(self) -> None:
             if self.K < 1:
                 raise ValueError(f"K={self.K} must be >= 1 (number of search steps)")
+
+    def rule_workers(self) -> int:
+        # The streamed pass splits each tensor over all of the process's threads itself, and costs less than the
+        # forward: run it between the forward's layers, with the forward on every thread (speed.md, item 7).
+        return 0 if self.params.search == "stream" and streamable() else super().rule_workers()
 
     def one_sided(self, quantizer: FakeQuantizer) -> bool:
         return self.params.variant == "paper" and quantizer.kind in ONE_SIDED_KINDS
@@ -166,7 +220,7 @@ class DOBI(RangeRuleMethod):
     def weight_range_per_channel(self, w: torch.Tensor, quantizer: FakeQuantizer):
         """All output channels in one search (the same bounds as channel by channel)."""
         p = self.params
-        if p.search != "sorted":
+        if p.search == "brute":
             return None
         view = sorted_view(w, quantizer.per_channel_axis)
         lower, upper = search_rows(view, quantizer.bits, p.K, p.variant, self.one_sided(quantizer))

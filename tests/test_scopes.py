@@ -96,7 +96,7 @@ def test_save_load_round_trip_gives_identical_outputs(swinir_random, tiny_batch,
                                                           "method": qmodel.quant_method})
     assert path.stat().st_size < 100_000  # bounds and metadata only, not the FP weights (~3.6 MB)
     loaded = load_quantized(path, swinir_random)
-    assert loaded.quant_meta["method"] == {"name": "dobi", "params": {"variant": "paper", "K": 100, "search": "sorted"}}
+    assert loaded.quant_meta["method"] == {"name": "dobi", "params": {"variant": "paper", "K": 100, "search": "stream"}}
     assert loaded.quant_config == QuantConfig(3, 3, "2dquant")
     with torch.no_grad():
         assert torch.equal(loaded(tiny_batch), qmodel(tiny_batch))
