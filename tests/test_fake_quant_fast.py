@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
-from bench.quant import FakeQuantizer, fake_quantize, fused
+from bench.quant import CalibContext, FakeQuantizer, fake_quantize, fused, quantize_with_method
 from bench.quant import quantizer as quantizer_module
 from bench.quant.quantizer import fake_quantize_inference
+from methods.registry import create_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +173,7 @@ def test_weight_cache_does_not_travel_with_a_copy():
 
 
 def test_imdn_x2_w4a4_dobi_set5_psnr_unchanged(weights_dir, benchmark_root, train_root, monkeypatch):
-    """The fast paths and the sorted DOBI search together leave the committed Set5 PSNR unchanged (0.001 dB)."""
+    """The fast paths and DOBI's streamed search together leave the committed Set5 PSNR unchanged (0.001 dB)."""
     from bench.data.calib import calibration_batch
     from bench.data.dataset import load_dataset
     from bench.evaluate import evaluate
@@ -207,3 +209,36 @@ def test_a_kernel_that_cannot_be_built_falls_back_to_torch_ops_with_one_warning(
     assert torch.equal(first, _reference(x, lower, upper, 4))
     assert torch.equal(fake_quantize_inference(x.view(64, -1).t(), lower, upper, 4),
                        _reference(x.view(64, -1).t(), lower, upper, 4))  # strided, no second attempt
+
+
+def test_split_qkv_with_one_input_quantization_runs_the_fused_gemm_with_the_same_output(monkeypatch):
+    """SwinIR-light's q, k and v parts share one input. With the same input bounds (every range rule gives them),
+    inference quantizes it once and runs one GEMM: the model output is bit-equal to the three-part path. With
+    different bounds (fine-tuned parts), or autograd on, or a capture observing, each part runs on its own."""
+    from bench.quant import layers
+    from models import create_model
+    torch.manual_seed(0)
+    fp = create_model("swinir-light", 2, weights="random").eval()
+    batch = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    qmodel, _ = quantize_with_method(fp, create_method("minmax"), 4, 4, CalibContext(calib_batch=batch, progress=False))
+    qmodel.eval()
+    splits = [m for m in qmodel.modules() if isinstance(m, layers.SplitQuantLinear)]
+    assert len(splits) == 24 and all(layers._one_input_quantization([getattr(s, n) for n in s.part_names])
+                                     for s in splits)
+    fused_calls = []
+    original = nn.functional.linear
+    monkeypatch.setattr(nn.functional, "linear", lambda x, w, b=None: fused_calls.append(w.shape[0]) or original(x, w, b))
+    with torch.no_grad():
+        fused = qmodel(batch)
+    # per block one (180 x 60) GEMM for q, k and v, then proj, fc1 and fc2: the FP model's 4 GEMMs, not 6
+    assert fused_calls.count(180) == 24 and len(fused_calls) == 24 * 4
+    monkeypatch.setattr(layers, "_one_input_quantization", lambda parts: False)
+    with torch.no_grad():
+        separate = qmodel(batch)
+    assert torch.equal(fused, separate)
+    monkeypatch.undo()
+    k = splits[0].k.input_quant
+    k.set_bounds(float(k.lower.detach()) * 0.5, float(k.upper.detach()) * 0.5)   # its own bounds: no shared path
+    assert not layers._one_input_quantization([getattr(splits[0], n) for n in splits[0].part_names])
+    with torch.no_grad():
+        assert not torch.equal(qmodel(batch), fused)

@@ -93,7 +93,33 @@ class SplitQuantLinear(nn.Module):
                                                         per_channel=per_channel, act_kind=act_kind))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([getattr(self, name)(x) for name in self.part_names], dim=-1)
+        parts = [getattr(self, name) for name in self.part_names]
+        if not torch.is_grad_enabled() and _one_input_quantization(parts):
+            # Inference with identical input quantizers (range rules give q, k and v the same bounds, as they
+            # see the same tensor): the parts' inputs are the same tensor, so quantize it once and run the fused
+            # layer's single GEMM on the parts' quantized weights. Three GEMMs and a concatenation cost ~10 % of
+            # a SwinIR-light forward more (results/reference/speed.md, item 8); the values are the same.
+            weight = torch.cat([part.weight_quant(part.weight) for part in parts])
+            bias = None if parts[0].bias is None else torch.cat([part.bias for part in parts])
+            return nn.functional.linear(parts[0].input_quant(x), weight, bias)
+        return torch.cat([part(x) for part in parts], dim=-1)
+
+
+def _one_input_quantization(parts: list[nn.Module]) -> bool:
+    """True when every part is a plain QuantLinear whose plain input quantizer has the same settings and bounds
+    as the others', and none observes (a calibration capture must see each quantizer's call)."""
+    first = parts[0].input_quant
+    for part in parts:
+        q = part.input_quant
+        if type(part) is not QuantLinear or type(q) is not FakeQuantizer or q.observer is not None:
+            return False
+        if (part.bias is None) != (parts[0].bias is None):
+            return False
+        if q is not first and (q.enabled != first.enabled or q.calibrated != first.calibrated or q.bits != first.bits
+                               or q.per_channel_axis is not None or q.grad_scale != first.grad_scale
+                               or not torch.equal(q.lower, first.lower) or not torch.equal(q.upper, first.upper)):
+            return False
+    return first.per_channel_axis is None
 
 
 QUANT_LAYER_TYPES = (QuantLinear, QuantConv2d, QuantMatMul, SplitQuantLinear)
