@@ -60,3 +60,13 @@ def test_switched_off_by_the_environment(monkeypatch):
     assert not bs.available()
     with pytest.raises(RuntimeError, match="BENCH_STREAMED_SEARCH"):
         bs.bin_sums(np.zeros(4, dtype=np.float32), np.array([0.5], dtype=np.float32), 0.0)
+
+
+def test_a_read_only_install_without_a_cache_folder_still_imports(monkeypatch):
+    """numba raises at decoration when no cache location is writable; the kernels then compile uncached."""
+    import numba
+
+    def no_locator(*args, **kwargs):
+        raise RuntimeError("cannot cache function '_probe': no locator available for file")
+    monkeypatch.setattr(numba, "njit", lambda **options: no_locator if options.get("cache") else (lambda f: f))
+    assert not bs._can_cache()

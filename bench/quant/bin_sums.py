@@ -45,9 +45,24 @@ def available() -> bool:
     return numba is not None and os.environ.get(ENV_SWITCH, "1") != "0"
 
 
+def _probe() -> int:
+    return 0
+
+
+def _can_cache() -> bool:
+    """Whether numba finds a writable cache location (the package folder or a user cache folder). A read-only
+    install without one would raise at decoration; the kernels then compile in every process (~4 s) instead."""
+    try:
+        numba.njit(cache=True)(_probe)
+        return True
+    except RuntimeError:
+        return False
+
+
 if numba is not None:
-    _jit = numba.njit(nogil=True, boundscheck=False, cache=True)
-    _inline = numba.njit(nogil=True, boundscheck=False, inline="always", cache=True)
+    _CACHE = _can_cache()
+    _jit = numba.njit(nogil=True, boundscheck=False, cache=_CACHE)
+    _inline = numba.njit(nogil=True, boundscheck=False, inline="always", cache=_CACHE)
 
     @_inline
     def _cell(v, origin, inverse_width, last_cell):
