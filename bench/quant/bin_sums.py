@@ -11,7 +11,8 @@ that cell are then compared with v. The cell index is a monotone function of v, 
 arithmetic for the table and the data, so a threshold in an earlier cell is always < v and one in a later cell
 always > v, whatever the rounding.
 
-Sums are of d = v - center in float64, with a float32 center, so that every d is exact. Each bucket's sum is
+Sums are of d = v - center in float64, with a float32 center, so that d is exact (a difference of two float32
+is exact in float64 unless their magnitudes differ by more than 2^29). Each bucket's sum is
 kept per chunk of 16,384 values in four lanes (so that a bucket that gets most values does not serialise the
 loop), and each chunk's sum is added into a compensated total (TwoSum); the sum of squares is compensated value
 by value. Against an extended-precision sum from a sort, the bucket sums agree to 1e-13 of sum |d| and the sum of

@@ -276,9 +276,9 @@ def streamed_tensor(x: torch.Tensor) -> StreamedTensor | None:
         return None
     mean = float(flat.mean())
     values = flat.numpy()
-    # The mean, rounded to float32: v - center is then exact in float64, and the sums of it have no cancellation
-    # (the mean is inside the data; the midpoint of the range sits off the bulk of a heavy tail and gave 2e-13
-    # instead of 2e-16 relative error on a Student-t tensor).
+    # The mean, rounded to float32: v - center is then exact in float64 (for |v| within 2^29 of it), and the sums
+    # of it have no cancellation (the mean is inside the data; the midpoint of the range sits off the bulk of a
+    # heavy tail and gave 2e-13 instead of 2e-16 relative error on a Student-t tensor).
     center = float(np.clip(np.float32(mean), np.float32(minimum), np.float32(maximum)))
     return StreamedTensor(values, minimum, maximum, center)
 
