@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.quant import CalibContext, FakeQuantizer, fake_quantize, fused, quantize_with_method
+from bench.quant import CalibContext, FakeQuantizer, fused, quantize_with_method
 from bench.quant import quantizer as quantizer_module
-from bench.quant.quantizer import fake_quantize_inference
+from bench.quant.quantizer import fake_quantize_inference, fake_quantize_reference
 from methods.registry import create_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _reference(x, lower, upper, bits):
     with torch.no_grad():
-        return fake_quantize(x, lower, upper, bits)
+        return fake_quantize_reference(x, lower, upper, bits)
 
 
 @pytest.fixture(params=["fused", "torch-ops"])
@@ -190,8 +190,8 @@ def test_imdn_x2_w4a4_dobi_set5_psnr_unchanged(weights_dir, benchmark_root, trai
     assert fast == pytest.approx(committed, abs=1e-3)
     # the reference formula on the same bounds gives the same PSNR (same numbers, not just close)
     monkeypatch.setattr(FakeQuantizer, "_forward_inference",
-                        lambda self, x: fake_quantize(x, self._broadcast(self.lower, x), self._broadcast(self.upper, x),
-                                                      self.bits))
+                        lambda self, x: fake_quantize_reference(x, self._broadcast(self.lower, x),
+                                                                self._broadcast(self.upper, x), self.bits))
     assert evaluate(qmodel, set5, 2, "cpu", lpips=False, progress=False).psnr == fast
 
 

@@ -1,4 +1,4 @@
-"""One-pass CPU kernel of the inference fake quantizer (spec §2.3), compiled by TorchInductor.
+"""One-pass CPU kernels of the fake quantizer (spec §2.3, §2.4), compiled by TorchInductor.
 
 The formula is six float32 elementwise ops (clip, shift, divide, round, scale, offset). Run as six torch kernels
 they go through memory six times and, at two or more threads, open six OpenMP regions per call; on SwinIR-light
@@ -13,6 +13,10 @@ Inductor needs a C++ compiler. Without one (or with BENCH_FUSED_FAKE_QUANT=0) `f
 None and the caller keeps its chunked torch ops, which give the same numbers, more slowly. The first call in a
 process compiles (about 17 s on a 2-core machine with an empty cache; ~3 s once Inductor's on-disk cache holds
 the kernel); later calls of any length reuse it (dynamic shapes).
+
+`fused_ste_terms` is the training path's backward (bench.quant.quantizer._FakeQuantizeSTE): the per-element
+terms whose sums are the bound gradients of spec §2.4, computed in one pass with autograd's own float32 ops for
+the composite quantizer (the same IEEE operations, so the same values; the sums stay torch's, in torch's order).
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ ENV_SWITCH = "BENCH_FUSED_FAKE_QUANT"
 # Below this many elements the call overhead of a compiled graph (guards and wrappers, ~50 us) exceeds what
 # fusion saves (measured on one thread: equal at 131,072 elements, 2.2x faster at 2M).
 MIN_ELEMENTS = 1 << 17
+# The training backward replaces ~12 torch ops with one call: it pays from ~16K elements (one thread, measured
+# with the sums: 250 -> 145 us at 16,384 elements, 608 -> 441 us at 122,880).
+STE_MIN_ELEMENTS = 1 << 14
 _INDUCTOR_OPTIONS = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off"}
 
 # Dynamo raises these when one more input pattern (a new stride order or rank) would exceed its recompile limit;
@@ -33,6 +40,7 @@ _INDUCTOR_OPTIONS = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_float
 _PER_CALL_FAILURES = ("FailOnRecompileLimitHit", "RecompileError")
 
 _kernel = None
+_ste_kernels: dict[bool, object] = {}
 _failed = False
 
 
@@ -40,6 +48,42 @@ def _fake_quantize_flat(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tenso
                         step: torch.Tensor) -> torch.Tensor:
     # the op order of `bench.quant.quantizer.fake_quantize`: s * round((clip(x, l, u) - l) / s) + l
     return step * torch.round((torch.clamp(x, lower, upper) - lower) / step) + lower
+
+
+def ste_terms(grad: torch.Tensor, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+              step: torch.Tensor, with_grad_x: bool) -> tuple[torch.Tensor, ...]:
+    """The fake quantizer's backward terms with torch's ops, in what autograd computes for
+    step * (q + (round(q) - q).detach()) + l, q = (clip(x, l, u) - l) / s, node by node (MulBackward0,
+    DivBackward0 and the clip's backward): the gradient reaching q is g * s, the one reaching the clip (g * s) / s;
+    the step's terms are g * round(q) and -(g * s) * (q / s); the bounds' clip terms mask the clip's gradient with
+    v <= l and v >= u. Returns ([grad_x,] grad_clip, g round(q), -(g s)(q / s), clip v <= l, clip v >= u)."""
+    q = (torch.minimum(torch.maximum(x, lower), upper) - lower) / step
+    grad_q = grad * step
+    grad_clip = grad_q / step
+    terms = (grad_clip, grad * torch.round(q), -grad_q * (q / step), grad_clip * (x <= lower), grad_clip * (x >= upper))
+    if with_grad_x:
+        return (grad_clip * ((x >= lower) & (x <= upper)), *terms)
+    return terms
+
+
+def _ste_terms_with_grad_x(grad, x, lower, upper, step):
+    return ste_terms(grad, x, lower, upper, step, True)
+
+
+def _ste_terms_without_grad_x(grad, x, lower, upper, step):
+    return ste_terms(grad, x, lower, upper, step, False)
+
+
+def flat_alias(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor on a contiguous `t`'s memory (0-dim for a 0-dim `t`) that is neither a view nor tracked by
+    autograd.
+
+    Dynamo guards on what it sees: a view (`t.reshape(-1)`, `t.detach()`) brings guards on its base's sizes and
+    strides, and `requires_grad` one more; both made it recompile, or check slowly, for every new base. A plain
+    alias of the same storage gives one kernel for every shape and cheap guards."""
+    shape, stride = ((), ()) if t.dim() == 0 else ((t.numel(),), (1,))
+    alias = torch.empty(0, dtype=t.dtype, device=t.device)
+    return alias.set_(t.untyped_storage(), t.storage_offset(), shape, stride)
 
 
 def enabled() -> bool:
@@ -69,10 +113,38 @@ def fused_fake_quantize(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tenso
         return None
     try:
         with torch.no_grad():  # detached bounds: a Parameter's requires_grad would be one more guard to recompile on
-            return _compiled()(x, lower.detach(), upper.detach(), step.detach())
+            return _compiled()(x, flat_alias(lower), flat_alias(upper), flat_alias(step))
     except Exception as error:  # no compiler, an unsupported platform, a broken Inductor install
         if type(error).__name__ in _PER_CALL_FAILURES:
             return None  # this input pattern is one too many to compile (Dynamo's recompile limit): torch ops
+        _failed = True
+        warnings.warn(f"fused fake-quant kernel unavailable ({type(error).__name__}: {str(error)[:200]}); "
+                      f"using torch ops (same numbers, slower). Set {ENV_SWITCH}=0 to skip the attempt.",
+                      RuntimeWarning, stacklevel=2)
+        return None
+
+
+def fused_ste_terms(grad: torch.Tensor, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                    step: torch.Tensor, with_grad_x: bool) -> tuple[torch.Tensor, ...] | None:
+    """The backward terms of the fake quantizer in one pass over contiguous float32 CPU tensors `grad` and `x`
+    of the same shape (0-dim bounds and step), flattened: ([grad_x,] grad_clip, g * round(q), -(g s) (q / s),
+    grad_clip * [v <= l], grad_clip * [v >= u]), each 1-D; None when the kernel is unavailable."""
+    global _failed
+    if (not enabled() or x.dtype != torch.float32 or grad.dtype != torch.float32 or x.device.type != "cpu"
+            or grad.device.type != "cpu" or x.numel() < STE_MIN_ELEMENTS):
+        return None
+    try:
+        kernel = _ste_kernels.get(with_grad_x)
+        if kernel is None:  # two functions, so that Dynamo keeps one graph for each without a guard between them
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            kernel = torch.compile(_ste_terms_with_grad_x if with_grad_x else _ste_terms_without_grad_x,
+                                   dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
+            _ste_kernels[with_grad_x] = kernel
+        with torch.no_grad():
+            return kernel(flat_alias(grad), flat_alias(x), flat_alias(lower), flat_alias(upper), flat_alias(step))
+    except Exception as error:
+        if type(error).__name__ in _PER_CALL_FAILURES:
+            return None
         _failed = True
         warnings.warn(f"fused fake-quant kernel unavailable ({type(error).__name__}: {str(error)[:200]}); "
                       f"using torch ops (same numbers, slower). Set {ENV_SWITCH}=0 to skip the attempt.",

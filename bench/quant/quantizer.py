@@ -23,11 +23,13 @@ Inference fast paths (the same numbers, bit for bit; tests/test_fake_quant_fast.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 
 from bench.quant import fused
 
@@ -44,6 +46,9 @@ _DEGENERATE_WIDTH = 1e-6
 _MIN_STEP = 1e-12
 # Elements per chunk of the inference fast path: 1 MB of float32, resident in L2 across the chunk's six ops.
 _INFERENCE_CHUNK = 1 << 18
+
+# "0" runs the autograd composite of spec §2.3 in training (the oracle) instead of the one-node path.
+STE_SWITCH = "BENCH_FAKE_QUANT_STE"
 
 Observer = Callable[[torch.Tensor], None]
 
@@ -251,11 +256,106 @@ class FakeQuantizer(nn.Module):
 
 
 def fake_quantize(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bits: int) -> torch.Tensor:
-    """Spec §2.3 with the gradients of §2.4; `lower`/`upper` broadcast against x."""
+    """Spec §2.3 with the gradients of §2.4; `lower`/`upper` broadcast against x.
+
+    The values and gradients are those of `fake_quantize_reference`, bit for bit, with far fewer passes over
+    memory (`_FakeQuantizeSTE`); BENCH_FAKE_QUANT_STE=0 runs the reference composite instead."""
     n = levels(bits)
     step = torch.clamp((upper - lower) / n, min=_MIN_STEP)
+    if os.environ.get(STE_SWITCH, "1") == "0":
+        return _reference_from_step(x, lower, upper, step)
+    return _FakeQuantizeSTE.apply(x, lower, upper, step)
+
+
+def fake_quantize_reference(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bits: int) -> torch.Tensor:
+    """The composite of spec §2.3 with autograd differentiating through it (the gradients of §2.4): the test
+    oracle of `fake_quantize`, and its code before the one-pass training path."""
+    n = levels(bits)
+    step = torch.clamp((upper - lower) / n, min=_MIN_STEP)
+    return _reference_from_step(x, lower, upper, step)
+
+
+def _reference_from_step(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     clipped = _ClipWithBoundGrads.apply(x, lower, upper)
     return step * _round_ste((clipped - lower) / step) + lower
+
+
+class _FakeQuantizeSTE(torch.autograd.Function):
+    """`_reference_from_step` as one autograd node: the same output and the same gradients, bit for bit.
+
+    The composite records ~10 autograd nodes per call and ~25 elementwise passes in its backward; most of a
+    fine-tuning step went there (results/reference/speed.md). This node computes its forward with the inference
+    kernel (q + (round(q) - q) is exactly round(q) for 0 <= q <= 255, so the values agree) and its backward from
+    the saved input with the composite's own float32 operations (`bench.quant.fused.fused_ste_terms`, in one pass
+    where it applies, else the same ops in torch). Each bound gradient keeps the composite's reductions and
+    their order of accumulation:
+      * d/dl = (sum(g) + sum(-(g s) / s)) + sum(clip term, v <= l): autograd's AddBackward, SubBackward and clip
+        contributions, in the order its engine delivers them; the step's own path (d/ds = sum(g round(q)) +
+        sum(-(g s)(q / s)), then through the clamp and (u - l) / N) stays outside, recorded by autograd as before,
+        and arrives last, as it does for the composite;
+      * d/du = sum(clip term, v >= u), then the step's path.
+    tests/test_fake_quant_ste.py checks equality with the composite on tensors and on real fine-tuning runs.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, lower, upper, step)
+        return _inference_values(x, lower.detach(), upper.detach(), step.detach())
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, lower, upper, step = ctx.saved_tensors
+        need_x, need_lower, need_upper, need_step = ctx.needs_input_grad
+        grad_x, grad_clip, p_round, p_step, p_lower, p_upper = _ste_terms(grad, x, lower, upper, step, need_x)
+        if grad_x is not None:
+            grad_x = grad_x.view(x.shape)  # the one-pass kernel's terms are flat
+        grad_lower = grad_upper = grad_step = None
+        if need_lower:
+            grad_lower = ((grad.sum_to_size(lower.shape) - grad_clip.sum_to_size(lower.shape))
+                          + p_lower.sum_to_size(lower.shape))
+        if need_upper:
+            grad_upper = p_upper.sum_to_size(upper.shape)
+        if need_step:
+            grad_step = p_round.sum_to_size(step.shape) + p_step.sum_to_size(step.shape)
+        return grad_x, grad_lower, grad_upper, grad_step
+
+
+def _ste_terms(grad: torch.Tensor, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor,
+               need_x: bool) -> tuple[torch.Tensor | None, ...]:
+    """(grad_x, grad_clip, g round(q), -(g s)(q / s), clip term v <= l, clip term v >= u).
+
+    A sum's value depends on the memory order of what it sums, and the layout of grad_x on what runs after it:
+    the one-pass kernel (flat, contiguous terms) serves calls where torch's own ops would give contiguous
+    terms; the others (per-channel bounds, layouts whose terms torch would lay out otherwise) take the same ops
+    in torch."""
+    if lower.dim() == 0 and upper.dim() == 0 and grad.is_contiguous() and _contiguous_terms(grad, x):
+        terms = fused.fused_ste_terms(grad, x.contiguous(), lower, upper, step, need_x)
+        if terms is not None:
+            return terms if need_x else (None, *terms)
+    if need_x:
+        return fused.ste_terms(grad, x, lower, upper, step, True)
+    return (None, *fused.ste_terms(grad, x, lower, upper, step, False))
+
+
+_CONTIGUOUS_TERMS: dict[tuple, bool] = {}
+
+
+def _contiguous_terms(grad: torch.Tensor, x: torch.Tensor) -> bool:
+    """True when torch's ops for the backward terms give contiguous tensors for these layouts of grad and x
+    (found once per layout on meta tensors, which follow the same stride rules without computing)."""
+    key = (tuple(x.shape), x.stride(), tuple(grad.shape), grad.stride(), x.dtype, grad.dtype)
+    known = _CONTIGUOUS_TERMS.get(key)
+    if known is None:
+        if grad.shape != x.shape:
+            known = False
+        else:
+            meta_x = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+            meta_grad = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype, device="meta")
+            bound = torch.zeros((), dtype=x.dtype, device="meta")
+            known = all(t.is_contiguous() for t in fused.ste_terms(meta_grad, meta_x, bound, bound, bound, True))
+        _CONTIGUOUS_TERMS[key] = known
+    return known
 
 
 @torch.no_grad()
@@ -268,7 +368,10 @@ def fake_quantize_inference(x: torch.Tensor, lower: torch.Tensor, upper: torch.T
     expression.
     """
     n = levels(bits)
-    step = torch.clamp((upper - lower) / n, min=_MIN_STEP)
+    return _inference_values(x, lower, upper, torch.clamp((upper - lower) / n, min=_MIN_STEP))
+
+
+def _inference_values(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     if lower.numel() != 1 or x.device.type != "cpu":
         return _plain(x, lower, upper, step)
     lower, upper, step = lower.to(x.dtype), upper.to(x.dtype), step.to(x.dtype)
@@ -278,7 +381,7 @@ def fake_quantize_inference(x: torch.Tensor, lower: torch.Tensor, upper: torch.T
     # dense tensor: NCHW, channels-last, SwinIR's k^T). (A contiguous x may carry odd strides on size-1 dims,
     # e.g. a channel slice of a batch of one: the output is then plainly contiguous, as the reference's is.)
     if x.is_contiguous():
-        flat = fused.fused_fake_quantize(x.reshape(-1), lower, upper, step)  # one kernel for every shape
+        flat = fused.fused_fake_quantize(fused.flat_alias(x), lower, upper, step)  # one kernel for every shape
         if flat is not None:
             return flat.view(x.shape)
         return _chunked(x.reshape(-1), lower, upper, step).view(x.shape)
