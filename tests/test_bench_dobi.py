@@ -3,7 +3,10 @@
 Targets of the speed issue, each measured as a ratio to an FP forward in the same process (the machines are
 shared and noisy; FP and the measured variant are timed in turns and medians are compared):
   * DOBI over all 384 quantizers of SwinIR-light on the paper batch (32 LR patches of 64x64): <= 3 FP forwards;
-  * W4A4 fake-quant inference: <= 1.3x FP, SwinIR-light (2dquant scope) and IMDN (ptq4sr scope), same input.
+  * W4A4 fake-quant inference: <= 1.3x FP, SwinIR-light (2dquant scope) and IMDN (ptq4sr scope), same input;
+  * one fine-tuning step's forward and backward (DQC/Pac, bounds trained) on the demo's SwinIR-light x2 batch:
+    <= 2.75x the FP model's forward and backward, and <= 0.8x the autograd composite's step (BENCH_FAKE_QUANT_STE=0)
+    in the same process (the demo's wall time follows from it: README, "Speed").
 The figures of the last run are in README ("Speed") and results/reference/speed.md.
 Weights are random for SwinIR-light (timing does not depend on them) and the official ones for IMDN.
 """
@@ -21,6 +24,8 @@ from methods.registry import create_method
 SCALE = 4
 DOBI_TARGET = 3.0
 FAKE_QUANT_TARGET = 1.3
+TRAIN_STEP_TARGET = 2.75          # quantized forward + backward / FP forward + backward
+TRAIN_STEP_VS_COMPOSITE = 0.8     # one-node training path / autograd composite
 
 
 def _seconds(fn, *args) -> float:
@@ -99,3 +104,56 @@ def test_imdn_w4a4_fake_quant_within_1_3x_fp(benchmark, weights_dir, train_root)
     ratio, fp, fq = benchmark.pedantic(interleaved_ratio, args=(imdn, qmodel, batch[:8]), rounds=1, iterations=1)
     benchmark.extra_info.update(fp_seconds=fp, fake_quant_seconds=fq, ratio=ratio, input="8x3x64x64")
     assert ratio <= FAKE_QUANT_TARGET, f"fake-quant/FP = {ratio:.2f} (target {FAKE_QUANT_TARGET})"
+
+
+def _train_step_seconds(model, x, bounds) -> float:
+    """Forward and backward of an L1 loss (the distillation target is irrelevant to the cost), gradients dropped."""
+    start = time.perf_counter()
+    model(x).abs().mean().backward()
+    elapsed = time.perf_counter() - start
+    for b in bounds:
+        b.grad = None
+    return elapsed
+
+
+def interleaved_train_steps(fp, qmodel, x, bounds, monkeypatch, rounds: int = 3) -> dict[str, float]:
+    """Median seconds of an FP step (input requires grad, so the whole backward runs), the one-node path's step
+    and the composite's step, timed in turns after one warm-up each."""
+    from bench.quant.quantizer import STE_SWITCH
+    variants = {"fp": (fp, x.clone().requires_grad_(True), "1"), "one_node": (qmodel, x, "1"),
+                "composite": (qmodel, x, "0")}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for rep in range(rounds + 1):
+        for name, (model, inp, switch) in variants.items():
+            monkeypatch.setenv(STE_SWITCH, switch)
+            seconds = _train_step_seconds(model, inp, bounds if model is qmodel else [])
+            if rep:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+@pytest.mark.benchmark(group="fine-tuning")
+def test_fine_tuning_step_within_2_75x_fp_and_0_8x_the_composite(benchmark, monkeypatch):
+    from pathlib import Path
+
+    from bench.data.calib import calibration_batch
+    from bench.data.sample import sample_train_dir
+    from methods.finetune import only_training
+    from models import create_model
+    weights = Path(__file__).resolve().parents[1] / "models" / "weights" / "swinir-light_x2.safetensors"
+    fp = create_model("swinir-light", 2, weights=weights)
+    for p in fp.parameters():
+        p.requires_grad_(False)
+    batch = calibration_batch(sample_train_dir(), 2, n=4, patch=32, seed=0)  # the demo's calibration
+    qmodel, _ = quantize_with_method(fp, create_method("dobi", variant="paper"), 4, 4,
+                                     CalibContext(calib_batch=batch, progress=False), scope="2dquant")
+    bounds = [p for name, p in qmodel.named_parameters() if name.endswith(("lower", "upper"))]
+    with only_training(qmodel, bounds):
+        t = benchmark.pedantic(interleaved_train_steps, args=(fp, qmodel, batch[:2], bounds, monkeypatch),
+                               rounds=1, iterations=1)
+    vs_fp, vs_composite = t["one_node"] / t["fp"], t["one_node"] / t["composite"]
+    benchmark.extra_info.update(**{f"{k}_seconds": v for k, v in t.items()}, ratio_fp=vs_fp,
+                                ratio_composite=vs_composite, input="2x3x32x32 (demo)")
+    assert vs_fp <= TRAIN_STEP_TARGET, f"fine-tuning step / FP step = {vs_fp:.2f} (target {TRAIN_STEP_TARGET})"
+    assert vs_composite <= TRAIN_STEP_VS_COMPOSITE, \
+        f"one-node / composite step = {vs_composite:.2f} (target {TRAIN_STEP_VS_COMPOSITE})"

@@ -16,6 +16,7 @@ from bench.quant.quantizer import (
                                    WEIGHT,
                                    FakeQuantizer,
                                    fake_quantize,
+                                   fake_quantize_reference,
                                    fake_quantize_values,
                                    lsq_grad_scale,
 )
@@ -35,7 +36,7 @@ from bench.quant.surgery import (
 
 __all__ = [
     "ACT", "ACT_GELU", "ACT_SOFTMAX", "AUTO", "KINDS", "WEIGHT",
-    "FakeQuantizer", "fake_quantize", "fake_quantize_values", "lsq_grad_scale",
+    "FakeQuantizer", "fake_quantize", "fake_quantize_reference", "fake_quantize_values", "lsq_grad_scale",
     "QuantLinear", "QuantConv2d", "QuantMatMul", "SplitQuantLinear",
     "LayerRule", "Scope", "register_scope", "get_scope", "list_scopes", "resolve_scope",
     "QuantConfig", "quantize_model", "quantizers", "activation_quantizers", "weight_quantizers",

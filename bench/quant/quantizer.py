@@ -19,6 +19,9 @@ Inference fast paths (the same numbers, bit for bit; tests/test_fake_quant_fast.
     available, so that a large activation goes through memory once instead of ~9 times;
   * a weight quantizer in eval mode without autograd keeps its quantized weight and reuses it until the weight
     or a bound changes (their version counters, storage and bit-width are the key); never in training mode.
+
+Training path (fine-tuning): `fake_quantize` is one autograd node (`_FakeQuantizeSTE`) with the output and the
+gradients of the autograd composite `fake_quantize_reference`, bit for bit (tests/test_fake_quant_ste.py).
 """
 from __future__ import annotations
 
