@@ -91,13 +91,40 @@ def enabled() -> bool:
     return not _failed and os.environ.get(ENV_SWITCH, "1") != "0"
 
 
+def _compile(fn):
+    # Inductor warns about a missing CUDA toolkit on CPU-only machines; it does not concern a CPU kernel.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(fn, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
+
+
 def _compiled():
     global _kernel
     if _kernel is None:
-        # Inductor warns about a missing CUDA toolkit on CPU-only machines; it does not concern a CPU kernel.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        _kernel = torch.compile(_fake_quantize_flat, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
+        _kernel = _compile(_fake_quantize_flat)
     return _kernel
+
+
+def _ste_compiled(with_grad_x: bool):
+    # two functions, so that Dynamo keeps one graph for each without a guard between them
+    if with_grad_x not in _ste_kernels:
+        _ste_kernels[with_grad_x] = _compile(_ste_terms_with_grad_x if with_grad_x else _ste_terms_without_grad_x)
+    return _ste_kernels[with_grad_x]
+
+
+def _run(kernel, *args):
+    """kernel()(*args) without autograd, or None where the kernel cannot run (the caller then uses torch ops)."""
+    global _failed
+    try:
+        with torch.no_grad():
+            return kernel()(*args)
+    except Exception as error:  # no compiler, an unsupported platform, a broken Inductor install
+        if type(error).__name__ in _PER_CALL_FAILURES:
+            return None  # this input pattern is one too many to compile (Dynamo's recompile limit): torch ops
+        _failed = True
+        warnings.warn(f"fused fake-quant kernel unavailable ({type(error).__name__}: {str(error)[:200]}); "
+                      f"using torch ops (same numbers, slower). Set {ENV_SWITCH}=0 to skip the attempt.",
+                      RuntimeWarning, stacklevel=3)
+        return None
 
 
 def fused_fake_quantize(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
@@ -108,20 +135,10 @@ def fused_fake_quantize(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tenso
     Pass a contiguous tensor flattened to 1-D (one compiled kernel serves every shape). A strided tensor (SwinIR's
     k^T and v operands) may be passed as it is: Inductor compiles one kernel per stride pattern, reads the view
     in place and gives the output the input's dimension order, as torch's elementwise ops do (tested)."""
-    global _failed
     if not enabled() or x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() < MIN_ELEMENTS:
         return None
-    try:
-        with torch.no_grad():  # detached bounds: a Parameter's requires_grad would be one more guard to recompile on
-            return _compiled()(x, flat_alias(lower), flat_alias(upper), flat_alias(step))
-    except Exception as error:  # no compiler, an unsupported platform, a broken Inductor install
-        if type(error).__name__ in _PER_CALL_FAILURES:
-            return None  # this input pattern is one too many to compile (Dynamo's recompile limit): torch ops
-        _failed = True
-        warnings.warn(f"fused fake-quant kernel unavailable ({type(error).__name__}: {str(error)[:200]}); "
-                      f"using torch ops (same numbers, slower). Set {ENV_SWITCH}=0 to skip the attempt.",
-                      RuntimeWarning, stacklevel=2)
-        return None
+    # plain aliases of the bounds: a Parameter's requires_grad would be one more guard to recompile on
+    return _run(_compiled, x, flat_alias(lower), flat_alias(upper), flat_alias(step))
 
 
 def fused_ste_terms(grad: torch.Tensor, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
@@ -129,24 +146,8 @@ def fused_ste_terms(grad: torch.Tensor, x: torch.Tensor, lower: torch.Tensor, up
     """The backward terms of the fake quantizer in one pass over contiguous float32 CPU tensors `grad` and `x`
     of the same shape (0-dim bounds and step), flattened: ([grad_x,] grad_clip, g * round(q), -(g s) (q / s),
     grad_clip * [v <= l], grad_clip * [v >= u]), each 1-D; None when the kernel is unavailable."""
-    global _failed
     if (not enabled() or x.dtype != torch.float32 or grad.dtype != torch.float32 or x.device.type != "cpu"
             or grad.device.type != "cpu" or x.numel() < STE_MIN_ELEMENTS):
         return None
-    try:
-        kernel = _ste_kernels.get(with_grad_x)
-        if kernel is None:  # two functions, so that Dynamo keeps one graph for each without a guard between them
-            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            kernel = torch.compile(_ste_terms_with_grad_x if with_grad_x else _ste_terms_without_grad_x,
-                                   dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
-            _ste_kernels[with_grad_x] = kernel
-        with torch.no_grad():
-            return kernel(flat_alias(grad), flat_alias(x), flat_alias(lower), flat_alias(upper), flat_alias(step))
-    except Exception as error:
-        if type(error).__name__ in _PER_CALL_FAILURES:
-            return None
-        _failed = True
-        warnings.warn(f"fused fake-quant kernel unavailable ({type(error).__name__}: {str(error)[:200]}); "
-                      f"using torch ops (same numbers, slower). Set {ENV_SWITCH}=0 to skip the attempt.",
-                      RuntimeWarning, stacklevel=2)
-        return None
+    return _run(lambda: _ste_compiled(with_grad_x), flat_alias(grad), flat_alias(x), flat_alias(lower),
+                flat_alias(upper), flat_alias(step))
