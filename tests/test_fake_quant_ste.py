@@ -199,3 +199,18 @@ def test_every_combination_of_bits_and_needs_on_small_tensors(kernel_calls):
         _assert_same(_run(fake_quantize, x, lower, upper, bits, need),
                      _run(fake_quantize_reference, x, lower, upper, bits, need))
     assert kernel_calls == []
+
+
+def test_a_kernel_that_cannot_be_built_leaves_the_gradients_unchanged(monkeypatch, kernel_calls):
+    """No C++ compiler: one warning naming the switch, then torch ops for the backward terms, same numbers."""
+    def no_compiler(_with_grad_x):
+        raise RuntimeError("Compiler: cc is not found")
+    monkeypatch.setattr(fused, "_ste_compiled", no_compiler)
+    monkeypatch.setattr(fused, "_failed", False)
+    x = _tensor((2, 3, 96, 96))
+    lower, upper = torch.tensor(-1.25), torch.tensor(2.5)
+    with pytest.warns(RuntimeWarning, match=fused.ENV_SWITCH):
+        got = _run(fake_quantize, x, lower, upper, 4, NEEDS["x, l, u"])
+    assert not fused.enabled()
+    _assert_same(got, _run(fake_quantize_reference, x, lower, upper, 4, NEEDS["x, l, u"]))
+    assert kernel_calls == []
