@@ -267,7 +267,8 @@ def fake_quantize(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bit
     step = torch.clamp((upper - lower) / n, min=_MIN_STEP)
     if os.environ.get(STE_SWITCH, "1") == "0":
         return _reference_from_step(x, lower, upper, step)
-    return _FakeQuantizeSTE.apply(x, lower, upper, step)
+    # lower three times: its three terms reach autograd's buffer one by one, as the composite's nodes delivered them
+    return _FakeQuantizeSTE.apply(x, lower, lower, lower, upper, step)
 
 
 def fake_quantize_reference(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bits: int) -> torch.Tensor:
@@ -292,8 +293,10 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     the saved input with the composite's own float32 operations (`bench.quant.fused.fused_ste_terms`, in one pass
     where it applies, else the same ops in torch). Each bound gradient keeps the composite's reductions and
     their order of accumulation:
-      * d/dl = (sum(g) + sum(-(g s) / s)) + sum(clip term, v <= l): autograd's AddBackward, SubBackward and clip
-        contributions, in the order its engine delivers them; the step's own path (d/ds = sum(g round(q)) +
+      * d/dl: sum(g), sum(-(g s) / s) and sum(clip term, v <= l), the composite's AddBackward, SubBackward and clip
+        contributions, in the order its engine delivered them. `lower` is passed three times, so the engine adds
+        the three terms to what its buffer already holds one by one (the buffer is not empty when a quantizer runs
+        more than once per forward, as in CARN-M's shared blocks). The step's own path (d/ds = sum(g round(q)) +
         sum(-(g s)(q / s)), then through the clamp and (u - l) / N) stays outside, recorded by autograd as before,
         and arrives last, as it does for the composite;
       * d/du = sum(clip term, v >= u), then the step's path.
@@ -301,7 +304,8 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, lower: torch.Tensor, _lower_shift: torch.Tensor, _lower_clip: torch.Tensor,
+                upper: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, lower, upper, step)
         return _inference_values(x, lower.detach(), upper.detach(), step.detach())
 
@@ -309,19 +313,20 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, lower, upper, step = ctx.saved_tensors
-        need_x, need_lower, need_upper, need_step = ctx.needs_input_grad
+        need_x, need_lower, _, _, need_upper, need_step = ctx.needs_input_grad
         grad_x, grad_clip, p_round, p_step, p_lower, p_upper = _ste_terms(grad, x, lower, upper, step, need_x)
         if grad_x is not None:
             grad_x = grad_x.view(x.shape)  # the one-pass kernel's terms are flat
-        grad_lower = grad_upper = grad_step = None
-        if need_lower:
-            grad_lower = ((grad.sum_to_size(lower.shape) - grad_clip.sum_to_size(lower.shape))
-                          + p_lower.sum_to_size(lower.shape))
+        lower_offset = lower_shift = lower_clip = grad_upper = grad_step = None
+        if need_lower:  # + l, - l (sum(-a) = -sum(a) exactly), clip
+            lower_offset = grad.sum_to_size(lower.shape)
+            lower_shift = -grad_clip.sum_to_size(lower.shape)
+            lower_clip = p_lower.sum_to_size(lower.shape)
         if need_upper:
             grad_upper = p_upper.sum_to_size(upper.shape)
         if need_step:
             grad_step = p_round.sum_to_size(step.shape) + p_step.sum_to_size(step.shape)
-        return grad_x, grad_lower, grad_upper, grad_step
+        return grad_x, lower_offset, lower_shift, lower_clip, grad_upper, grad_step
 
 
 def _ste_terms(grad: torch.Tensor, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor,
