@@ -35,14 +35,15 @@ def threads(request):
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts the one-pass backward kernel's runs (None-returning calls, i.e. fallbacks, are not counted)."""
+    """The one-pass backward kernel's runs as (values, parts) (None-returning calls, i.e. fallbacks, are not
+    counted)."""
     calls = []
     original = fused.fused_ste_terms
 
     def counting(*args):
         terms = original(*args)
         if terms is not None:
-            calls.append(args[1].numel())
+            calls.append((args[1].numel(), args[5]))
         return terms
     monkeypatch.setattr(fused, "fused_ste_terms", counting)
     return calls
@@ -91,7 +92,9 @@ def test_training_path_equals_the_autograd_composite_bit_for_bit(bits, need, gra
     want = _run(fake_quantize_reference, x, lower, upper, bits, NEEDS[need], grad_scale)
     got = _run(fake_quantize, x, lower, upper, bits, NEEDS[need], grad_scale)
     _assert_same(got, want)
-    assert kernel_calls == ([x.numel()] if fused.enabled() else [])
+    # the bounds need no gradient when neither requires one: the kernel then computes grad_x alone
+    parts = {"x, l, u": "all", "bounds only": "bounds", "x only": "x", "x and l": "all"}[need]
+    assert kernel_calls == ([(x.numel(), parts)] if fused.enabled() else [])
 
 
 @pytest.mark.parametrize("layout", ["small", "transposed", "attention-operand", "incoming-grad-transposed",
@@ -120,7 +123,7 @@ def test_every_layout_gives_the_composites_values_and_strides(layout, threads, k
     got = _run(fake_quantize, x, lower, upper, 4, NEEDS["x, l, u"], grad_of=grad_of)
     _assert_same(got, want)
     kernel = fused.enabled() and layout in ("transposed", "attention-operand")
-    assert kernel_calls == ([x.numel()] if kernel else [])
+    assert kernel_calls == ([(x.numel(), "all")] if kernel else [])
 
 
 def test_without_the_kernel_the_torch_ops_give_the_same_gradients(monkeypatch, kernel_calls):
@@ -178,6 +181,8 @@ def test_fine_tuned_bounds_are_identical_with_either_path(model_name, method_nam
     assert torch.equal(one_node, composite)
     if fused.enabled() and model_name == "swinir-light":  # its activations (>= 16K values each) took the kernel
         assert len(kernel_calls) >= 3 * 24 * 8
+    if fused.enabled() and method_name == "ptq4sr":  # Pac's weight phase: activations pass grad_x alone
+        assert {parts for _, parts in kernel_calls} == {"all", "x"}
     # and the fine-tuning changed the model: a check of identical results that never trained would pass vacuously
     start = _fine_tune(model_name, method_name, {**params, "iters": 0}, scope, monkeypatch, composite=False)
     assert not torch.equal(start, composite)
@@ -207,7 +212,7 @@ def test_every_combination_of_bits_and_needs_on_small_tensors(kernel_calls):
 
 def test_a_kernel_that_cannot_be_built_leaves_the_gradients_unchanged(monkeypatch, kernel_calls):
     """No C++ compiler: one warning naming the switch, then torch ops for the backward terms, same numbers."""
-    def no_compiler(_with_grad_x):
+    def no_compiler(_parts):
         raise RuntimeError("Compiler: cc is not found")
     monkeypatch.setattr(fused, "_ste_compiled", no_compiler)
     monkeypatch.setattr(fused, "_failed", False)

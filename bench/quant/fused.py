@@ -30,7 +30,7 @@ ENV_SWITCH = "BENCH_FUSED_FAKE_QUANT"
 # Below this many elements the call overhead of a compiled graph (guards and wrappers, ~50 us) exceeds what
 # fusion saves (measured on one thread: equal at 131,072 elements, 2.2x faster at 2M).
 MIN_ELEMENTS = 1 << 17
-# The training backward replaces ~12 torch ops with one call: it pays from ~16K elements (one thread, measured
+# The training backward replaces ~12 torch ops with one call: it pays from ~16K elements (2 threads, measured
 # with the sums: 250 -> 145 us at 16,384 elements, 608 -> 441 us at 122,880).
 STE_MIN_ELEMENTS = 1 << 14
 _INDUCTOR_OPTIONS = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off"}
@@ -40,7 +40,7 @@ _INDUCTOR_OPTIONS = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_float
 _PER_CALL_FAILURES = ("FailOnRecompileLimitHit", "RecompileError")
 
 _kernel = None
-_ste_kernels: dict[bool, object] = {}
+_ste_kernels: dict[str, object] = {}
 _failed = False
 
 
@@ -51,27 +51,40 @@ def _fake_quantize_flat(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tenso
 
 
 def ste_terms(grad: torch.Tensor, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-              step: torch.Tensor, with_grad_x: bool) -> tuple[torch.Tensor, ...]:
+              step: torch.Tensor, parts: str = "all") -> tuple[torch.Tensor, ...]:
     """The fake quantizer's backward terms with torch's ops, in what autograd computes for
     step * (q + (round(q) - q).detach()) + l, q = (clip(x, l, u) - l) / s, node by node (MulBackward0,
     DivBackward0 and the clip's backward): the gradient reaching q is g * s, the one reaching the clip (g * s) / s;
     the step's terms are g * round(q) and -(g * s) * (q / s); the bounds' clip terms mask the clip's gradient with
-    v <= l and v >= u. Returns ([grad_x,] grad_clip, g round(q), -(g s)(q / s), clip v <= l, clip v >= u)."""
-    q = (torch.minimum(torch.maximum(x, lower), upper) - lower) / step
+    v <= l and v >= u.
+
+    parts "all": (grad_x, grad_clip, g round(q), -(g s)(q / s), clip v <= l, clip v >= u); "bounds": the same
+    without grad_x; "x": (grad_x,) alone, for a call whose bounds need no gradient (PTQ4SR's weight phase)."""
     grad_q = grad * step
     grad_clip = grad_q / step
+    if parts == "x":
+        return (grad_clip * ((x >= lower) & (x <= upper)),)
+    q = (torch.minimum(torch.maximum(x, lower), upper) - lower) / step
     terms = (grad_clip, grad * torch.round(q), -grad_q * (q / step), grad_clip * (x <= lower), grad_clip * (x >= upper))
-    if with_grad_x:
+    if parts == "all":
         return (grad_clip * ((x >= lower) & (x <= upper)), *terms)
     return terms
 
 
-def _ste_terms_with_grad_x(grad, x, lower, upper, step):
-    return ste_terms(grad, x, lower, upper, step, True)
+# One function per set of parts, so that Dynamo keeps one graph for each without a guard between them.
+def _ste_all(grad, x, lower, upper, step):
+    return ste_terms(grad, x, lower, upper, step, "all")
 
 
-def _ste_terms_without_grad_x(grad, x, lower, upper, step):
-    return ste_terms(grad, x, lower, upper, step, False)
+def _ste_bounds(grad, x, lower, upper, step):
+    return ste_terms(grad, x, lower, upper, step, "bounds")
+
+
+def _ste_x(grad, x, lower, upper, step):
+    return ste_terms(grad, x, lower, upper, step, "x")
+
+
+_STE_FUNCTIONS = {"all": _ste_all, "bounds": _ste_bounds, "x": _ste_x}
 
 
 def flat_alias(t: torch.Tensor) -> torch.Tensor:
@@ -104,11 +117,10 @@ def _compiled():
     return _kernel
 
 
-def _ste_compiled(with_grad_x: bool):
-    # two functions, so that Dynamo keeps one graph for each without a guard between them
-    if with_grad_x not in _ste_kernels:
-        _ste_kernels[with_grad_x] = _compile(_ste_terms_with_grad_x if with_grad_x else _ste_terms_without_grad_x)
-    return _ste_kernels[with_grad_x]
+def _ste_compiled(parts: str):
+    if parts not in _ste_kernels:
+        _ste_kernels[parts] = _compile(_STE_FUNCTIONS[parts])
+    return _ste_kernels[parts]
 
 
 def _run(kernel, *args):
@@ -142,12 +154,11 @@ def fused_fake_quantize(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tenso
 
 
 def fused_ste_terms(grad: torch.Tensor, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-                    step: torch.Tensor, with_grad_x: bool) -> tuple[torch.Tensor, ...] | None:
-    """The backward terms of the fake quantizer in one pass over contiguous float32 CPU tensors `grad` and `x`
-    of the same shape (0-dim bounds and step), flattened: ([grad_x,] grad_clip, g * round(q), -(g s) (q / s),
-    grad_clip * [v <= l], grad_clip * [v >= u]), each 1-D; None when the kernel is unavailable."""
+                    step: torch.Tensor, parts: str = "all") -> tuple[torch.Tensor, ...] | None:
+    """`ste_terms` in one pass over contiguous float32 CPU tensors `grad` and `x` of the same shape (0-dim bounds
+    and step), each term flat (1-D); None when the kernel is unavailable."""
     if (not enabled() or x.dtype != torch.float32 or grad.dtype != torch.float32 or x.device.type != "cpu"
             or grad.device.type != "cpu" or x.numel() < STE_MIN_ELEMENTS):
         return None
-    return _run(lambda: _ste_compiled(with_grad_x), flat_alias(grad), flat_alias(x), flat_alias(lower),
+    return _run(lambda: _ste_compiled(parts), flat_alias(grad), flat_alias(x), flat_alias(lower),
                 flat_alias(upper), flat_alias(step))

@@ -314,9 +314,12 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, lower, upper, step = ctx.saved_tensors
         need_x, need_lower, _, _, need_upper, need_step = ctx.needs_input_grad
-        grad_x, grad_clip, p_round, p_step, p_lower, p_upper = _ste_terms(grad, x, lower, upper, step, need_x)
-        if grad_x is not None:
-            grad_x = grad_x.view(x.shape)  # the one-pass kernel's terms are flat
+        parts = ("all" if need_x else "bounds") if need_lower or need_upper or need_step else "x"
+        terms = _ste_terms(grad, x, lower, upper, step, parts)
+        grad_x = terms[0].view(x.shape) if need_x else None  # the one-pass kernel's terms are flat
+        if parts == "x":
+            return grad_x, None, None, None, None, None
+        grad_clip, p_round, p_step, p_lower, p_upper = terms[-5:]
         lower_offset = lower_shift = lower_clip = grad_upper = grad_step = None
         if need_lower:  # + l, - l (sum(-a) = -sum(a) exactly), clip
             lower_offset = grad.sum_to_size(lower.shape)
@@ -330,20 +333,16 @@ class _FakeQuantizeSTE(torch.autograd.Function):
 
 
 def _ste_terms(grad: torch.Tensor, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor,
-               need_x: bool) -> tuple[torch.Tensor | None, ...]:
-    """(grad_x, grad_clip, g round(q), -(g s)(q / s), clip term v <= l, clip term v >= u).
-
-    A sum's value depends on the memory order of what it sums, and the layout of grad_x on what runs after it:
-    the one-pass kernel (flat, contiguous terms) serves calls where torch's own ops would give contiguous
-    terms; the others (per-channel bounds, layouts whose terms torch would lay out otherwise) take the same ops
-    in torch."""
+               parts: str) -> tuple[torch.Tensor, ...]:
+    """`fused.ste_terms(..., parts)`. A sum's value depends on the memory order of what it sums, and the layout of
+    grad_x on what runs after it: the one-pass kernel (flat, contiguous terms) serves calls where torch's own ops
+    would give contiguous terms; the others (per-channel bounds, layouts whose terms torch would lay out
+    otherwise) take the same ops in torch."""
     if lower.dim() == 0 and upper.dim() == 0 and grad.is_contiguous() and _contiguous_terms(grad, x):
-        terms = fused.fused_ste_terms(grad, x.contiguous(), lower, upper, step, need_x)
+        terms = fused.fused_ste_terms(grad, x.contiguous(), lower, upper, step, parts)
         if terms is not None:
-            return terms if need_x else (None, *terms)
-    if need_x:
-        return fused.ste_terms(grad, x, lower, upper, step, True)
-    return (None, *fused.ste_terms(grad, x, lower, upper, step, False))
+            return terms
+    return fused.ste_terms(grad, x, lower, upper, step, parts)
 
 
 _CONTIGUOUS_TERMS: dict[tuple, bool] = {}
@@ -361,7 +360,7 @@ def _contiguous_terms(grad: torch.Tensor, x: torch.Tensor) -> bool:
             meta_x = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
             meta_grad = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype, device="meta")
             bound = torch.zeros((), dtype=x.dtype, device="meta")
-            known = all(t.is_contiguous() for t in fused.ste_terms(meta_grad, meta_x, bound, bound, bound, True))
+            known = all(t.is_contiguous() for t in fused.ste_terms(meta_grad, meta_x, bound, bound, bound, "all"))
         _CONTIGUOUS_TERMS[key] = known
     return known
 
