@@ -24,9 +24,11 @@ from bench.quant.rounding import LearnedRoundingQuantizer  # registers the "lear
 from bench.quant.scopes import AUTO, LayerRule, Scope, get_scope, list_scopes, register_scope, resolve_scope
 from bench.quant.surgery import (
                                    QuantConfig,
+                                   QuantizedLayer,
                                    activation_quantizers,
                                    bound_parameters,
                                    quantize_model,
+                                   quantized_layers,
                                    quantizers,
                                    rewrite_fp_tensor,
                                    set_quant_enabled,
@@ -39,7 +41,8 @@ __all__ = [
     "FakeQuantizer", "fake_quantize", "fake_quantize_reference", "fake_quantize_values", "lsq_grad_scale",
     "QuantLinear", "QuantConv2d", "QuantMatMul", "SplitQuantLinear",
     "LayerRule", "Scope", "register_scope", "get_scope", "list_scopes", "resolve_scope",
-    "QuantConfig", "quantize_model", "quantizers", "activation_quantizers", "weight_quantizers",
+    "QuantConfig", "QuantizedLayer", "quantized_layers", "quantize_model", "quantizers", "activation_quantizers",
+    "weight_quantizers",
     "bound_parameters", "set_quant_enabled", "uncalibrated", "rewrite_fp_tensor",
     "register_quantizer_type", "make_quantizer", "replace_quantizer", "list_quantizer_types", "LearnedRoundingQuantizer",
     "NoisyFakeQuantizer",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Mapping
 from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -97,12 +98,15 @@ def _synchronize(device: torch.device) -> None:
 
 
 def quantize_with_method(fp_model: nn.Module, method: Method, w_bits: int, a_bits: int, ctx: CalibContext,
-                         scope: str = "auto", per_channel_weights: bool = False) -> tuple[nn.Module, float]:
+                         scope: str = "auto", per_channel_weights: bool = False,
+                         layer_bits: Mapping[str, tuple[int, int]] | None = None) -> tuple[nn.Module, float]:
     """Quantize a copy of `fp_model` and calibrate it with `method`; returns (qmodel in eval mode, seconds).
 
+    `layer_bits`: per-layer (w_bits, a_bits) for mixed precision (QuantConfig.layer_bits).
     The seconds are the wall time of `method.calibrate` alone (model surgery excluded).
     """
-    config = QuantConfig(w_bits=w_bits, a_bits=a_bits, scope=scope, per_channel_weights=per_channel_weights)
+    config = QuantConfig(w_bits=w_bits, a_bits=a_bits, scope=scope, per_channel_weights=per_channel_weights,
+                         layer_bits=layer_bits or ())
     if ctx.fp_model is None:
         ctx.fp_model = fp_model
     if not _same_device(_device_of(ctx.fp_model), ctx.device):

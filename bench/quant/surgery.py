@@ -7,6 +7,7 @@ In the copy every parameter is frozen except the quantizer bounds: PTQ never upd
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -18,28 +19,63 @@ from bench.quant.quantizer import MAX_BITS, MIN_BITS, FakeQuantizer
 from bench.quant.scopes import AUTO, FP, LayerRule, Scope, resolve_scope
 
 
+LayerBits = tuple[tuple[str, int, int], ...]
+
+
+def _is_bits(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and MIN_BITS <= value <= MAX_BITS
+
+
+def normalize_layer_bits(value: Mapping | Iterable | None) -> LayerBits:
+    """{layer path: (w_bits, a_bits)} or (path, w_bits, a_bits) triples (a JSON round trip gives lists) -> the
+    sorted tuple of triples QuantConfig stores (hashable, so the config stays a frozen value)."""
+    if not value:
+        return ()
+    items = value.items() if isinstance(value, Mapping) else ((entry[0], entry[1:]) for entry in value)
+    triples = {}
+    for path, bits in items:
+        bits = tuple(bits)
+        if not isinstance(path, str) or not path or len(bits) != 2 or not all(_is_bits(b) for b in bits):
+            raise ConfigError(f"layer_bits entry {path!r}: {bits!r} is not a (w_bits, a_bits) pair of integers in "
+                              f"{MIN_BITS}..{MAX_BITS} for a layer path")
+        triples[path] = (path, int(bits[0]), int(bits[1]))
+    return tuple(triples[path] for path in sorted(triples))
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Bit-widths and placement of a quantization. `per_channel_weights=True` makes every weight
-    quantizer per-output-channel (scopes may also ask for it per rule, e.g. ptq4sr's convs)."""
+    quantizer per-output-channel (scopes may also ask for it per rule, e.g. ptq4sr's convs).
+
+    `layer_bits` (mixed precision): {layer path: (w_bits, a_bits)} for some of the layers the scope wraps (the
+    paths `quantized_layers` lists); those layers get these bits, every other one `w_bits`/`a_bits` (or the
+    scope's fixed edge bits). A MatMul has no weight: both its operands take the pair's a_bits. Stored as sorted
+    (path, w_bits, a_bits) triples; empty = uniform bits, exactly as without it.
+    """
     w_bits: int = 4
     a_bits: int = 4
     scope: str = AUTO
     per_channel_weights: bool = False
+    layer_bits: LayerBits = ()
 
     def __post_init__(self) -> None:
         for field_name in ("w_bits", "a_bits"):
             value = getattr(self, field_name)
-            if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+            if not _is_bits(value):
                 raise ConfigError(f"{field_name}={value!r} is not supported; use an integer bit-width "
                                   f"in {MIN_BITS}..{MAX_BITS}")
         if not isinstance(self.scope, str) or not self.scope:
             raise ConfigError(f"scope={self.scope!r} must be a scope name (see bench.quant.scopes) or 'auto'")
+        object.__setattr__(self, "layer_bits", normalize_layer_bits(self.layer_bits))
 
     @property
     def tag(self) -> str:
-        """e.g. "w4a4"."""
-        return f"w{self.w_bits}a{self.a_bits}"
+        """e.g. "w4a4"; "w4a4+mixed" when some layers have their own bits."""
+        return f"w{self.w_bits}a{self.a_bits}" + ("+mixed" if self.layer_bits else "")
+
+    def bits_map(self) -> dict[str, tuple[int, int]]:
+        """{layer path: (w_bits, a_bits)} of `layer_bits`."""
+        return {path: (w, a) for path, w, a in self.layer_bits}
 
 
 def _edge_convs(model: nn.Module) -> set[str]:
@@ -76,6 +112,35 @@ def _plan(model: nn.Module, scope: Scope) -> list[tuple[str, nn.Module, LayerRul
     return targets
 
 
+def _targets(model: nn.Module, scope: Scope) -> tuple[list[tuple[str, nn.Module, LayerRule]], set[str]]:
+    """(the layers `scope` wraps, the edge convs among them that take the scope's fixed bits)."""
+    targets = _plan(model, scope)
+    edges = _edge_convs(model) if scope.edge_convs is not None else set()
+    if scope.edge_convs == FP:
+        targets = [t for t in targets if t[0] not in edges]
+    if not targets:
+        raise ConfigError(f"quantization scope {scope.name!r} matches no layer of {type(model).__name__}; "
+                          f"choose another scope (--scope)")
+    return targets, edges
+
+
+@dataclass(frozen=True)
+class QuantizedLayer:
+    """One layer a scope wraps: its module path (the key of QuantConfig.layer_bits), its module type
+    ("Conv2d", "Linear" or "MatMul") and, for the scope's edge convs, their fixed bit-width (None otherwise)."""
+    path: str
+    module_type: str
+    fixed_bits: int | None = None
+
+
+def quantized_layers(model: nn.Module, scope: str = AUTO) -> list[QuantizedLayer]:
+    """The layers `quantize_model(model, QuantConfig(scope=scope))` wraps, in module order (of an FP model)."""
+    resolved = resolve_scope(model, scope)
+    targets, edges = _targets(model, resolved)
+    fixed = resolved.edge_convs if isinstance(resolved.edge_convs, int) else None
+    return [QuantizedLayer(path, rule.module_type, fixed if path in edges else None) for path, _, rule in targets]
+
+
 def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     """A deep copy of `model` with the scope's layers replaced by quantized wrappers (bounds uncalibrated).
 
@@ -85,19 +150,19 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
         raise ConfigError(f"{type(model).__name__} is already quantized; quantize the full-precision model")
     qmodel = copy.deepcopy(model)
     scope = resolve_scope(qmodel, config.scope)
-    targets = _plan(qmodel, scope)
-    edges = _edge_convs(qmodel) if scope.edge_convs is not None else set()
-    if scope.edge_convs == FP:
-        targets = [t for t in targets if t[0] not in edges]
-    if not targets:
-        raise ConfigError(f"quantization scope {scope.name!r} matches no layer of {type(model).__name__}; "
-                          f"choose another scope (--scope)")
+    targets, edges = _targets(qmodel, scope)
+    per_layer = config.bits_map()
+    unknown = sorted(set(per_layer) - {path for path, _, _ in targets})
+    if unknown:
+        raise ConfigError(f"layer_bits names {unknown[0]!r}, which scope {scope.name!r} does not quantize in "
+                          f"{type(model).__name__}; use paths from bench.quant.quantized_layers(model, scope)")
     for p in qmodel.parameters():
         p.requires_grad_(False)
     for path, module, rule in targets:
         w_bits, a_bits = config.w_bits, config.a_bits
         if path in edges:
             w_bits = a_bits = scope.edge_convs
+        w_bits, a_bits = per_layer.get(path, (w_bits, a_bits))
         per_channel = bool(rule.per_channel) or config.per_channel_weights
         _set_submodule(qmodel, path, _wrap(module, rule, w_bits, a_bits, per_channel))
     qmodel.quant_config = config
@@ -170,6 +235,6 @@ def uncalibrated(qmodel: nn.Module) -> list[str]:
     return [name for name, q in quantizers(qmodel) if not q.calibrated]
 
 
-__all__ = ["QuantConfig", "quantize_model", "quantizers", "activation_quantizers", "weight_quantizers",
+__all__ = ["QuantConfig", "QuantizedLayer", "normalize_layer_bits", "quantized_layers", "quantize_model", "quantizers", "activation_quantizers", "weight_quantizers",
            "bound_parameters", "set_quant_enabled", "uncalibrated",
            "rewrite_fp_tensor", "rewritten_fp_tensors", "QuantLinear", "QuantConv2d", "QuantMatMul"]
