@@ -18,7 +18,6 @@ from bench.quant.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear, Quan
 from bench.quant.quantizer import MAX_BITS, MIN_BITS, FakeQuantizer
 from bench.quant.scopes import AUTO, FP, LayerRule, Scope, resolve_scope
 
-
 LayerBits = tuple[tuple[str, int, int], ...]
 
 
@@ -235,6 +234,7 @@ def uncalibrated(qmodel: nn.Module) -> list[str]:
     return [name for name, q in quantizers(qmodel) if not q.calibrated]
 
 
-__all__ = ["QuantConfig", "QuantizedLayer", "normalize_layer_bits", "quantized_layers", "quantize_model", "quantizers", "activation_quantizers", "weight_quantizers",
+__all__ = ["QuantConfig", "QuantizedLayer", "normalize_layer_bits", "quantized_layers", "quantize_model",
+           "quantizers", "activation_quantizers", "weight_quantizers",
            "bound_parameters", "set_quant_enabled", "uncalibrated",
            "rewrite_fp_tensor", "rewritten_fp_tensors", "QuantLinear", "QuantConv2d", "QuantMatMul"]
