@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from bench.cost_rules import find_cost_rule
 from models.layers import MatMul
 
 # Parameters left out of P (and of the model size), matched as substrings of the parameter name.
@@ -352,8 +353,6 @@ def paper_breakdown(model: nn.Module, model_name: str, scale: int, layers: list[
     hook = getattr(model, "paper_flops", None)
     if callable(hook):
         return MacBreakdown.from_mapping(hook(*lr_size)), "paper:model.paper_flops"
-    from bench.cost_rules import find_cost_rule
-
     rule = find_cost_rule(model, model_name)
     values = None if rule is None else rule.fn(model=model, layers=layers, lr_size=lr_size, scale=scale)
     if values is not None:

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from bench.cost import LayerCount
-
 CostRuleFn = Callable[..., dict]
+
+
+class CountedLayer(Protocol):
+    """What a rule reads of one counted layer (`bench.cost.LayerCount` is one). Declared here, not imported, so
+    that the generic counter depends on the rules and never the other way round."""
+    name: str
+    macs: int
+
+    @property
+    def category(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,7 @@ def find_cost_rule(model: nn.Module, model_name: str) -> CostRule | None:
 
 
 @register_cost_rule("swinir")
-def swinir_flops_rule(*, model: nn.Module, layers: list[LayerCount], lr_size: tuple[int, int],
+def swinir_flops_rule(*, model: nn.Module, layers: list[CountedLayer], lr_size: tuple[int, int],
                       scale: int) -> dict:
     """SwinIR's analytic flops() (pixelshuffledirect upsampler), as used for the 2DQuant paper's 16.74 G.
 

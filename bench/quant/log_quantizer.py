@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import torch
 
-from bench.quant.qtypes import register_quantizer_type
+from bench.quant.qtype_registry import register_quantizer_type
 from bench.quant.quantizer import FakeQuantizer
 
 

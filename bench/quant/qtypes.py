@@ -6,34 +6,23 @@ quantized copy (`replace_quantizer`), e.g. a log2 quantizer for a post-softmax m
 quantizer's type and load_quantized rebuilds it, so a file made by such a method loads back as it was saved.
 
 The built-in type is `uniform` (FakeQuantizer, spec §2.3). Adding a type: subclass FakeQuantizer, override
-`forward` (and `quant_state` / `load_quant_state` for learned state beyond the bounds), register it here.
+`forward` (and `quant_state` / `load_quant_state` for learned state beyond the bounds), register it with
+`register_quantizer_type` (defined in `bench.quant.qtype_registry`, importable from here).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch.nn as nn
 
+# The built-in non-uniform types register themselves when imported; importing them here makes them available
+# wherever a type is looked up, e.g. to load_quantized in a process that imported no method.
+import bench.quant.log_quantizer  # noqa: F401
+import bench.quant.twin_uniform  # noqa: F401
 from bench.errors import ConfigError
+from bench.quant.qtype_registry import QUANTIZER_TYPES, register_quantizer_type
 from bench.quant.quantizer import FakeQuantizer
 
-QUANTIZER_TYPES: dict[str, type[FakeQuantizer]] = {}
-
-
-def register_quantizer_type(name: str) -> Callable[[type[FakeQuantizer]], type[FakeQuantizer]]:
-    """Class decorator: register a FakeQuantizer subclass under `name` (also set as its `quant_type`)."""
-    def decorate(cls: type[FakeQuantizer]) -> type[FakeQuantizer]:
-        if not (isinstance(cls, type) and issubclass(cls, FakeQuantizer)):
-            raise TypeError(f"quantizer type {name!r} must subclass bench.quant.FakeQuantizer")
-        if name in QUANTIZER_TYPES and QUANTIZER_TYPES[name] is not cls:
-            raise ValueError(f"quantizer type {name!r} is already registered ({QUANTIZER_TYPES[name].__name__})")
-        cls.quant_type = name
-        QUANTIZER_TYPES[name] = cls
-        return cls
-    return decorate
-
-
-register_quantizer_type("uniform")(FakeQuantizer)
+__all__ = ["QUANTIZER_TYPES", "register_quantizer_type", "list_quantizer_types", "quantizer_class", "make_quantizer",
+           "replace_quantizer"]
 
 
 def list_quantizer_types() -> list[str]:
@@ -70,9 +59,3 @@ def replace_quantizer(qmodel: nn.Module, name: str, new: FakeQuantizer) -> FakeQ
                           f"with kind {new.kind}, bounds {tuple(new.lower.shape)}: the layout must match")
     setattr(parent, child, new)
     return old
-
-
-# The built-in non-uniform types register themselves when imported; importing them here (after the registry
-# exists) makes them available wherever bench.quant is imported, e.g. to load_quantized.
-import bench.quant.log_quantizer  # noqa: E402,F401
-import bench.quant.twin_uniform  # noqa: E402,F401

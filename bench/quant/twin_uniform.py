@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.quant.qtypes import register_quantizer_type
+from bench.quant.qtype_registry import register_quantizer_type
 from bench.quant.quantizer import FakeQuantizer
 
 
