@@ -23,7 +23,7 @@ CELLS = [
     ("dobi", "dobi", 4, "Urban100", 31.29, 0.9193),
     ("minmax", "minmax", 2, "Set5", 33.88, 0.9185),
     ("minmax", "minmax", 2, "Urban100", 27.48, 0.8501),
-    ("dobi", "dobi", 2, "Set5", 33.88, 0.9361),   # PSNR tie of the whole 2-bit group: no bold
+    ("dobi", "dobi", 2, "Set5", 33.88, 0.9361),   # PSNR tie of the 2-bit group: no bold, "Tie" under the table
     ("dobi", "dobi", 2, "Urban100", 28.52, 0.8727),
 ]
 
@@ -94,6 +94,10 @@ def test_markdown_table_layout_and_bold(run_dir):
         ["DOBI", "2", "33.88", "**0.9361**", "**28.52**", "**0.8727**"],
     ]
     assert "- swinir-light/x2/percentile/W4A4/Set5: RuntimeError: boom" in lines
+    assert lines[lines.index("| DOBI     | 2      | 33.88       | **0.9361**  | **28.52**                | "
+                             "**0.8727**               |") + 2:][:2] == [
+        "Bold: lead > 0.05 dB PSNR / > 0.0005 SSIM over the runner-up of its bit group (printed values); otherwise "
+        "tie, no bold.", "Tie: 2-bit Set5 PSNR (lead 0.00 dB)."]
 
 
 def test_latex_table_bold_and_escaping(run_dir):
@@ -104,7 +108,10 @@ def test_latex_table_bold_and_escaping(run_dir):
     assert r"MinMax & 2 & 33.88 & 0.9185 & 27.48 & 0.8501 \\" in text  # the group ties: no bold
     assert text.startswith("% swinir-light x2; needs \\usepackage{booktabs}\n\\begin{table}[t]\n\\centering\n"
                            "\\caption{swinir-light x2: PSNR (dB) / SSIM on the Y channel")
-    assert "\\label{tab:swinir-light-x2}\n" in text and text.endswith("\\end{tabular}\n\\end{table}\n")
+    assert ("then each bit-width. Bold: lead $>$ 0.05 dB PSNR / $>$ 0.0005 SSIM over the runner-up of its bit group "
+            "(printed values); otherwise tie, no bold.}\n") in text
+    assert "\\label{tab:swinir-light-x2}\n" in text
+    assert text.endswith("\\end{tabular}\n% Tie: 2-bit Set5 PSNR (lead 0.00 dB)\n\\end{table}\n")
     assert text.count(r"\midrule") == 4  # after the header, then between FP | bicubic | 4-bit | 2-bit
 
 

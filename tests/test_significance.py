@@ -39,7 +39,11 @@ def _records(count: int = 8, dataset: str = "Set14") -> list[dict]:
 def test_p_values_equal_scipy_wilcoxon_against_the_best_of_the_group():
     tests = {c.label: c for c in compare_to_best(_records())}
     assert set(tests) == {"dobi", "minmax", "percentile"}          # FP competes in no bit group
-    assert tests["dobi"].is_best and tests["dobi"].p_text() == "best"
+    # DOBI has the top mean (34.11 dB) but leads Percentile (34.06 dB) by 0.05 dB only, and the test does not
+    # separate them: a tie, not "best".
+    assert tests["dobi"].is_best and tests["dobi"].p_text() == "tie" and tests["dobi"].lead == 0.05
+    assert tests["dobi"].verdict() == ("tie: top mean PSNR, lead 0.05 dB (needs > 0.05 dB or every other method "
+                                       "significantly below)")
     for label in ("minmax", "percentile"):
         expected = wilcoxon(PSNR["dobi"], PSNR[label])
         assert tests[label].best_label == "dobi"
@@ -53,6 +57,21 @@ def test_p_values_equal_scipy_wilcoxon_against_the_best_of_the_group():
     # Percentile wins on 3 images, loses on 5: not significant.
     assert tests["percentile"].p_value == pytest.approx(float(wilcoxon(PSNR["dobi"], PSNR["percentile"]).pvalue))
     assert tests["percentile"].p_value > 0.05 and not tests["percentile"].significant
+
+
+def test_the_top_method_is_best_only_when_it_wins():
+    without_percentile = [r for r in _records() if r["label"] != "percentile"]
+    tests = {c.label: c for c in compare_to_best(without_percentile)}
+    assert tests["dobi"].p_text() == "best" and tests["dobi"].verdict() == "best"   # 2.16 dB over MinMax
+    assert tests["dobi"].lead == 2.16 and tests["dobi"].top_wins
+    # Within the margin, the test decides: MinMax 0.04 dB below DOBI on every image is significant (p = 2/2^8).
+    close = [r for r in without_percentile if r["label"] == "dobi"]
+    close.append(_record("minmax", [p - 0.04 for p in PSNR["dobi"]]))
+    tests = {c.label: c for c in compare_to_best(close)}
+    assert tests["minmax"].significant and tests["dobi"].lead == 0.04 and tests["dobi"].p_text() == "best"
+    # A group of one method: nothing to win against.
+    alone = compare_to_best(close[:1])
+    assert alone[0].top_wins is None and alone[0].p_text() == "" and alone[0].verdict() == "only method of its group"
 
 
 def test_six_images_is_the_smallest_testable_set():
@@ -98,10 +117,11 @@ def test_table_marks_significant_rows_in_md_and_latex_and_prints_p_in_csv(tmp_pa
     # Columns: Method, Bits, Set5 PSNR, Set5 SSIM, Set14 PSNR, Set14 SSIM.
     assert rows["MinMax"][4] == "31.95†"           # significantly below DOBI on Set14
     assert rows["Percentile"][4] == "34.06"        # not significant: no marker
-    assert rows["DOBI"][4] == "**34.11**"          # the best carries bold, never the marker
+    assert rows["DOBI"][4] == "34.11"              # the top, but 0.05 dB over Percentile and not significant: tie
     assert rows["MinMax"][2] == "31.88"            # Set5 (5 images): no test, no marker
-    assert ("†: PSNR differs from the best of its bit group (paired Wilcoxon signed-rank test on per-image PSNR, "
-            "p < 0.05). Not applicable (fewer than 6 paired images): Set5 (5 images).") in md
+    assert ("†: PSNR differs from the top of its bit group, the highest mean PSNR (paired Wilcoxon signed-rank test "
+            "on per-image PSNR, p < 0.05). Not applicable (fewer than 6 paired images): Set5 (5 images).") in md
+    assert "Tie: 4-bit Set5 PSNR (lead 0.04 dB); 4-bit Set14 PSNR (lead 0.05 dB)." in md
 
     assert main(["table", "--run", str(run), "--significance", "--format", "latex"]) == 0
     latex = capsys.readouterr().out
@@ -113,7 +133,7 @@ def test_table_marks_significant_rows_in_md_and_latex_and_prints_p_in_csv(tmp_pa
     csv_rows = {line.split(",")[2]: line.split(",") for line in lines[1:]}
     assert csv_rows["MinMax"][-2:] == ["n/a", f"{p_minmax:.4g}"]
     assert csv_rows["Percentile"][-2:] == ["n/a", f"{p_percentile:.4g}"]
-    assert csv_rows["DOBI"][-2:] == ["best", "best"]
+    assert csv_rows["DOBI"][-2:] == ["tie", "tie"]
     assert csv_rows["FP"][-2:] == ["", ""]
 
 

@@ -1,11 +1,15 @@
 """Paired Wilcoxon signed-rank tests on per-image PSNR: every method against the best of its bit group.
 
 A group is one (model, scale, dataset, W/A bits), as in the tables: the methods that compete for bold. Its
-best method is the one with the highest mean PSNR. Each other method is compared with it on the images both
+top method is the one with the highest mean PSNR. Each other method is compared with it on the images both
 evaluated (paired by image name), two-sided, with `scipy.stats.wilcoxon`'s defaults (zero differences
 dropped, exact distribution for small samples). With fewer than `MIN_IMAGES` paired images the test has
 too little power to mean anything (n=5 cannot reach p < 0.05 two-sided: the smallest exact p is 2/2^5),
 so it is reported as not applicable instead of a p-value.
+
+The top method is called "best" only when it wins by bench.runner.winners' rule, as the tables bold it: a
+printed PSNR lead over the runner-up larger than the margin, or every other method significantly below it.
+Otherwise the group is a tie.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.runner.winners import PSNR_MARGIN, decide
+
 ALPHA = 0.05
 MIN_IMAGES = 6
 BASELINES = ("fp", "bicubic")
@@ -25,16 +31,18 @@ EXACT_LIMIT = 50  # scipy's "auto": exact distribution up to 50 pairs (without z
 
 @dataclass(frozen=True)
 class Comparison:
-    """One method of one group against the group's best method."""
+    """One method of one group against the group's top method (highest mean PSNR)."""
     model: str
     scale: int
     dataset: str          # dataset label, as in the table columns (e.g. "Set5[crop64]")
     bits: str             # as in the tables' Bits column: "4", or "W4A8"
     label: str            # the method's record label
-    best_label: str
+    best_label: str       # the group's top method (highest mean PSNR), "best" only when `top_wins`
     n: int                # paired images
     statistic: float | None = None
     p_value: float | None = None
+    top_wins: bool | None = None   # the top method wins its group (bench.runner.winners); None: a group of one
+    lead: float | None = None      # the top's printed PSNR lead over the runner-up (dB); None: a group of one
 
     @property
     def is_best(self) -> bool:
@@ -49,16 +57,27 @@ class Comparison:
         return self.p_value is not None and self.p_value < ALPHA
 
     def p_text(self) -> str:
-        """The p-value as printed in CSV and HTML: "best", "n/a" (fewer than MIN_IMAGES images) or 4 significant digits."""
+        """The p-value as printed in CSV and HTML: for the top method "best", "tie" or "" (alone in its group);
+        else "n/a" (fewer than MIN_IMAGES images) or 4 significant digits."""
         if self.is_best:
-            return "best"
+            return "" if self.top_wins is None else "best" if self.top_wins else "tie"
         if self.p_value is None:
             return "n/a"
         return f"{self.p_value:.4g}"
 
+    def verdict(self) -> str:
+        """The significance table's verdict column."""
+        if self.is_best:
+            return ("only method of its group" if self.top_wins is None else "best" if self.top_wins
+                    else f"tie: top mean PSNR, lead {PSNR_MARGIN.text(self.lead)} (needs > {PSNR_MARGIN.text()} "
+                         f"or every other method significantly below)")
+        if self.p_value is None:
+            return "not applicable (too few images)"
+        return f"significant (p < {ALPHA})" if self.significant else "not significant"
+
     def describe(self) -> str:
         if self.is_best:
-            return f"best of its group ({self.n} images)"
+            return f"{self.verdict()} ({self.n} images)"
         if self.p_value is None:
             return f"Wilcoxon test not applicable: {self.n} paired images (< {MIN_IMAGES})"
         verdict = "significant" if self.significant else "not significant"
@@ -119,6 +138,14 @@ def wilcoxon_many(pairs: list[tuple[list[float], list[float]]]) -> list[tuple[fl
     return results  # type: ignore[return-value]
 
 
+def top_differs_from_all(comparisons: Iterable[Comparison | None]) -> bool:
+    """Whether, in one group of two or more methods, the test applies to every method but the top one and
+    finds each significantly different from it (None: a method without a test)."""
+    found = list(comparisons)
+    return (len(found) >= 2 and all(c is not None and (c.is_best or c.significant) for c in found)
+            and sum(c.is_best for c in found) == 1)
+
+
 def _group_comparisons(members: list[dict]) -> tuple[list[Comparison], list[tuple[int, list[float], list[float]]]]:
     """The group's comparisons, and the (index, best, other) pairs still to test."""
     best = max(members, key=lambda r: r["psnr"])
@@ -145,13 +172,21 @@ def compare_to_best(records: Iterable[dict]) -> list[Comparison]:
         groups.setdefault(_group_key(record), []).append(record)
     comparisons: list[Comparison] = []
     pending: list[tuple[int, list[float], list[float]]] = []
+    spans: list[tuple[int, list[dict]]] = []  # where each group's comparisons start, and its records
     for members in groups.values():
         found, to_test = _group_comparisons(members)
         pending += [(len(comparisons) + index, best, other) for index, best, other in to_test]
+        spans.append((len(comparisons), members))
         comparisons += found
     tested = wilcoxon_many([(best, other) for _, best, other in pending])
     for (index, _, _), (statistic, p) in zip(pending, tested):
         comparisons[index] = dataclasses.replace(comparisons[index], statistic=statistic, p_value=p)
+    for start, members in spans:
+        group = comparisons[start:start + len(members)]
+        verdict = decide([r["psnr"] for r in members], "psnr", top_differs_from_all(group))
+        if verdict.lead is not None:
+            comparisons[start:start + len(members)] = [
+                dataclasses.replace(c, top_wins=verdict.winner is not None, lead=verdict.lead) for c in group]
     return comparisons
 
 

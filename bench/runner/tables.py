@@ -1,8 +1,10 @@
 """Result tables in the layout of the 2DQuant paper's Table 3.
 
 One table per (model, scale). Rows: FP, bicubic, then the methods grouped by bit-width (widest first);
-columns: each dataset's PSNR and SSIM. In each bit group the best value of every column is bold
-(markdown `**x**`, LaTeX `\\textbf{x}`), compared on the printed (rounded) values so ties are all bold.
+columns: each dataset's PSNR and SSIM. In each bit group the top value of a column is bold (markdown `**x**`,
+LaTeX `\\textbf{x}`) only when it wins by bench.runner.winners' rule (a printed lead over the runner-up larger
+than 0.05 dB PSNR / 0.0005 SSIM, or a significant Wilcoxon test where the tests were run); otherwise the legend
+under the table lists the column as a tie.
 Published numbers (a CSV with columns method,scale,bits,dataset,psnr,ssim) can be shown as reference rows
 under the measured ones, or as delta columns (measured minus published).
 Datasets evaluated on a subset are labelled with their image count, e.g. "Urban100 (10/100)".
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import ConfigError
+from bench.runner.winners import MARGINS, decide, rule_text
 
 DATASET_ORDER = ("Set5", "Set14", "B100", "Urban100", "Manga109")
 METRICS = (("psnr", 2), ("ssim", 4))
@@ -121,6 +124,20 @@ class Row:
     deployment: dict[str, float | None] = field(default_factory=dict)  # DeploymentColumn.field -> value
 
 
+@dataclass(frozen=True)
+class Tie:
+    """A column of a bit group where no method wins (bench.runner.winners): nothing bold there."""
+    bits: str       # the rows' Bits text ("4", "W4A8")
+    dataset: str    # column label
+    metric: str
+    lead: float     # top minus runner-up, as printed
+
+    def text(self, headers: dict[str, str]) -> str:
+        bits = f"{self.bits}-bit" if self.bits.isdigit() else self.bits
+        return f"{bits} {headers.get(self.dataset, self.dataset)} {self.metric.upper()} " \
+               f"(lead {MARGINS[self.metric].text(self.lead)})"
+
+
 @dataclass
 class Table:
     model: str
@@ -132,6 +149,8 @@ class Table:
     delta: bool = False
     significance: bool = False   # rows carry Wilcoxon tests against the best of their bit group
     deployment: Deployment | None = None   # measured size/latency beside the cost model, when recorded
+    contested: bool = False      # some bit group has two or more rows: bold is possible, its legend printed
+    ties: list[Tie] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -216,12 +235,13 @@ def build_tables(records: list[dict], reference: list[ReferenceRow] | None = Non
             _add_deltas(rows, refs, names)
         elif refs:
             rows = _interleave_reference(rows, refs, names, columns)
-        _mark_bold(rows, columns)
-        tables.append(Table(model, scale, columns, headers, rows, failed, delta and bool(refs)))
+        table = Table(model, scale, columns, headers, rows, failed, delta and bool(refs))
+        if significance:  # before the bold: a significant test can decide a PSNR column
+            _attach_tests(table, ok)
+        table.contested, table.ties = _mark_bold(rows, columns, significance)
         if deployment:
-            tables[-1].deployment = build_deployment(ok, rows)
-        if significance:
-            _attach_tests(tables[-1], ok)
+            table.deployment = build_deployment(ok, rows)
+        tables.append(table)
     return tables
 
 
@@ -349,27 +369,40 @@ def _add_deltas(rows: list[Row], refs: list[ReferenceRow], names: dict[str, str]
             row.deltas[key] = None if measured is None or published is None else measured - published
 
 
-def _mark_bold(rows: list[Row], columns: list[str]) -> None:
+def _mark_bold(rows: list[Row], columns: list[str], significance: bool) -> tuple[bool, list[Tie]]:
+    """Bold the winner of each column of each bit group (bench.runner.winners); (contested, the ties)."""
+    from bench.report.significance import top_differs_from_all
     groups: dict[str, list[Row]] = {}
     for row in rows:
         if not row.reference:
             groups.setdefault(row.group, []).append(row)
+    contested, ties = False, []
     for members in groups.values():
         if len(members) < 2:
             continue  # a lone row (FP, bicubic) has nothing to beat
+        contested = True
         for dataset in columns:
-            for metric, digits in METRICS:
-                shown = {id(r): _round(r.values.get((dataset, metric)), digits) for r in members}
-                if len(set(shown.values())) == 1:
-                    continue  # the whole group ties at the printed precision: no row is best
-                best = max((v for v in shown.values() if v is not None), default=None)
-                for r in members:
-                    if best is not None and shown[id(r)] == best:
-                        r.bold.add((dataset, metric))
+            for metric, _ in METRICS:
+                values = [_round(r.values.get((dataset, metric)), MARGINS[metric].digits) for r in members]
+                tested = [r.tests.get(dataset) for r, v in zip(members, values) if v is not None]
+                verdict = decide(values, metric, significance and metric == "psnr" and top_differs_from_all(tested))
+                if verdict.winner is not None:
+                    members[verdict.winner].bold.add((dataset, metric))
+                elif verdict.tie:
+                    ties.append(Tie(members[0].bits, dataset, metric, verdict.lead))
+    return contested, ties
+
+
+def bold_note(table: Table) -> str:
+    """The legend of bold under a table: the rule, then the columns where it found a tie."""
+    if not table.contested:
+        return ""
+    ties = "; ".join(tie.text(table.headers) for tie in table.ties)
+    return rule_text(table.significance) + (f"\nTie: {ties}." if ties else "")
 
 
 def _attach_tests(table: Table, records: list[dict]) -> None:
-    """Each measured quantized row gets, per dataset, its paired Wilcoxon test against its group's best."""
+    """Each measured quantized row gets, per dataset, its paired Wilcoxon test against its group's top."""
     from bench.report.significance import compare_to_best
     table.significance = True
     shown = display_names(records)
@@ -384,8 +417,8 @@ def _attach_tests(table: Table, records: list[dict]) -> None:
 def significance_note(table: Table) -> str:
     """The legend of the significance marker, and the datasets where the test does not apply."""
     from bench.report.significance import ALPHA, MARKER, MIN_IMAGES, not_applicable_datasets
-    note = (f"{MARKER}: PSNR differs from the best of its bit group (paired Wilcoxon signed-rank test on per-image "
-            f"PSNR, p < {ALPHA}).")
+    note = (f"{MARKER}: PSNR differs from the top of its bit group, the highest mean PSNR (paired Wilcoxon "
+            f"signed-rank test on per-image PSNR, p < {ALPHA}).")
     too_few = not_applicable_datasets(c for row in table.rows for c in row.tests.values())
     if too_few:
         listed = ", ".join(f"{table.headers[d]} ({n} images)" for d, n in too_few.items())
@@ -447,6 +480,7 @@ def render_markdown(tables: list[Table]) -> str:
                 + _cells(table, row, lambda t: f"**{t}**") for row in table.rows]
         parts.append(f"### {table.title}\n\n" + tabulate(body, headers=headers, tablefmt="github",
                                                          disable_numparse=True))
+        parts += [bold_note(table)] if table.contested else []
         parts += [_failed_note(table)] if table.failed else []
         parts += [significance_note(table)] if table.significance else []
         parts += [_markdown_deployment(table)] if table.deployment else []
@@ -468,7 +502,7 @@ def _failed_note(table: Table) -> str:
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                  "†": r"$^\dagger$", "–": "--", "Δ": r"$\Delta$"}
+                  "†": r"$^\dagger$", "–": "--", "Δ": r"$\Delta$", "<": r"$<$", ">": r"$>$"}
 
 
 def latex_escape(text: str) -> str:
@@ -477,7 +511,7 @@ def latex_escape(text: str) -> str:
 
 def latex_caption(table: Table) -> str:
     return (f"{table.model} x{table.scale}: PSNR (dB) / SSIM on the Y channel, FP and bicubic, then each "
-            f"bit-width (best of a group in bold, none when the group ties)")
+            f"bit-width. " + rule_text(table.significance))
 
 
 def latex_label(table: Table) -> str:
@@ -508,6 +542,7 @@ def render_latex(tables: list[Table]) -> str:
             cells = [c.replace("\x00", r"\textbf{").replace("\x01", "}") for c in cells]
             lines.append(" & ".join([label, latex_escape(row.bits)] + cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
+        lines += [f"% Tie: {latex_escape(tie.text(table.headers))}" for tie in table.ties]
         lines += [f"% {latex_escape(significance_note(table))}"] if table.significance else []
         lines.append(r"\end{table}")
         parts.append("\n".join(lines))
@@ -560,3 +595,12 @@ def render(tables: list[Table], fmt: str) -> str:
     if fmt not in RENDERERS:
         raise ConfigError(f"unknown table format {fmt!r}; use one of {', '.join(RENDERERS)}")
     return RENDERERS[fmt](tables)
+
+
+def render_run(run: str | Path, fmt: str = "md", reference: list[ReferenceRow] | None = None, delta: bool = False,
+               significance: bool = False, deployment: bool = True) -> str:
+    """The tables of a run folder (the latest record of each cell): what `bench table` prints. With
+    `deployment=False` and the other defaults, the main table that `bench run` prints when it ends."""
+    from bench.runner.records import RECORDS_FILE, latest_by_key, read_records
+    records = list(latest_by_key(read_records(Path(run) / RECORDS_FILE)).values())
+    return render(build_tables(records, reference, delta, significance, deployment), fmt)
