@@ -10,7 +10,8 @@ Pieces:
     reconstruction), BRECQ and QDrop prescribe; optionally the squared-gradient weights of BRECQ's Fisher loss;
   * `reconstruct_unit`: one unit's optimisation: AdaRound's soft rounding V of every weight (Adam), optionally
     the unit's activation bounds (Adam + cosine, BRECQ/QDrop's LSQ steps), QDrop's element-wise drop of activation
-    quantization, the rounding regulariser with annealed beta; then the rounding is hardened;
+    quantization (`keep`: the official drop_prob, the probability of keeping the quantized value), the rounding
+    regulariser with annealed beta; then the rounding is hardened;
   * `Reconstruction.run(qmodel, ctx)`: bounds from an initial registered method, weight quantizers swapped for the
     core's learned-rounding type, then every unit in order (one tqdm bar, seeded, on ctx.device).
 
@@ -116,17 +117,19 @@ class UnitInput:
     kwargs: dict
     batch: int
 
-    def select(self, idx: torch.Tensor | None, other: UnitInput | None = None, drop: float = 0.0) -> tuple[tuple, dict]:
-        """The call on samples `idx` (all if None); with `other` and drop > 0, each element of a batched tensor
-        comes from `other` with probability `drop` (QDrop's mix of FP and quantized inputs)."""
+    def select(self, idx: torch.Tensor | None, other: UnitInput | None = None, keep: float = 1.0
+               ) -> tuple[tuple, dict]:
+        """The call on samples `idx` (all if None); with `other` and keep < 1, each element of a batched tensor
+        stays this input's with probability `keep` and comes from `other` otherwise (QDrop's mix of quantized and
+        FP inputs, drawn as its code draws it: where(rand < drop_prob, quantized, fp))."""
         def pick(i: int | str, v: Any) -> Any:
             if not (isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == self.batch):
                 return v
             v = v if idx is None else v[idx]
-            if other is not None and drop > 0:
+            if other is not None and keep < 1:
                 alt = other.args[i] if isinstance(i, int) else other.kwargs[i]
                 alt = alt if idx is None else alt[idx]
-                v = torch.where(torch.rand_like(v) < drop, alt, v)
+                v = torch.where(torch.rand_like(v) < keep, v, alt)
             return v
         return (tuple(pick(i, a) for i, a in enumerate(self.args)),
                 {k: pick(k, v) for k, v in self.kwargs.items()})
@@ -248,7 +251,7 @@ class ReconConfig:
     warmup: float = 0.2
     lr_round: float = 1e-3
     lr_act: float = 0.0        # 0: activation bounds stay as initialised (AdaRound)
-    drop: float = 0.0          # QDrop: probability of dropping an activation's quantization, per element
+    keep: float = 1.0          # QDrop: probability that an element keeps its quantized value (official drop_prob)
     loss: LossKind = "mse"
 
 
@@ -264,12 +267,13 @@ class UnitReport:
 
 
 @contextmanager
-def _dropping(acts: list[nn.Module], drop: float) -> Iterator[None]:
-    """QDrop: each activation quantizer's output falls back to its input with probability `drop`, per element."""
+def _dropping(acts: list[nn.Module], keep: float) -> Iterator[None]:
+    """QDrop: each activation quantizer's output keeps its quantized value with probability `keep`, per element,
+    and falls back to its input otherwise (the official mask: where(rand < drop_prob, quantized, fp))."""
     def hook(_m, inputs, out):
-        return torch.where(torch.rand_like(out) < drop, inputs[0], out)
+        return torch.where(torch.rand_like(out) < keep, out, inputs[0])
 
-    handles = [q.register_forward_hook(hook) for q in acts] if drop > 0 else []
+    handles = [q.register_forward_hook(hook) for q in acts] if keep < 1 else []
     try:
         yield
     finally:
@@ -331,10 +335,10 @@ def reconstruct_unit(unit: Unit, data: UnitData, cfg: ReconConfig, generator: to
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(act_opt, T_max=cfg.iters, eta_min=0.0)
         optimisers.append(act_opt)
     n, take = data.q_in.batch, cfg.batch * data.rows_per_sample
-    with only_training(module, [*alphas, *bounds]), _dropping(acts, cfg.drop):
+    with only_training(module, [*alphas, *bounds]), _dropping(acts, cfg.keep):
         for it in range(cfg.iters if optimisers else 0):
             idx = torch.randperm(n, generator=generator)[:take].to(data.fp_out.device)
-            args, kwargs = data.q_in.select(idx, data.fp_in, cfg.drop)
+            args, kwargs = data.q_in.select(idx, data.fp_in, cfg.keep)
             out = _output_tensor(module(*args, **kwargs), unit.name)
             loss = reconstruction_loss(out, data.fp_out[idx], None if data.grad is None else data.grad[idx])
             beta = beta_at(it + 1, cfg.iters, cfg.warmup, cfg.beta_start, cfg.beta_end)

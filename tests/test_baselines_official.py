@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import methods.reconstruction as recon
+from bench.errors import ConfigError
 from bench.quant.pipeline import CalibContext, quantize_with_method
 from methods import create_method
 from methods.reconstruction import beta_at
@@ -62,3 +63,60 @@ def test_reconstruction_feeds_the_official_beta_to_the_regulariser(monkeypatch):
                          CalibContext(calib_batch=batch, seed=0, progress=False), scope="ptq4sr")
     assert seen == pytest.approx([2 + 18 * (1 - (c - 2) / 8) for c in range(2, 11)], abs=1e-12)
     assert seen[0] == 20.0 and seen[-1] == 2.0
+
+
+# ------------------------------------------------------------------------------ QDrop: drop vs the official drop_prob
+
+# wimh966/QDrop's fake quantizers (qdrop/quantization/fake_quant.py) and its input mix (qdrop/solver/recon.py) both
+# draw `where(rand_like(x) < drop_prob, quantized, fp)`: drop_prob is the probability of KEEPING the quantized value.
+# The project's `drop` is the paper's p, the probability of FP; `keep_prob` is the official drop_prob.
+def _official_mask_mix(quant: torch.Tensor, fp: torch.Tensor, drop_prob: float, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return torch.where(torch.rand_like(quant) < drop_prob, quant, fp)
+
+
+@pytest.mark.parametrize("spelling", [{"keep_prob": 0.25}, {"drop": 0.75}])
+def test_qdrop_input_mix_draws_the_official_mask(spelling):
+    quant, fp = torch.ones(4, 2000), torch.zeros(4, 2000)
+    keep = create_method("qdrop", **spelling).recon_config().keep
+    torch.manual_seed(7)
+    mixed = recon.UnitInput((quant,), {}, 4).select(None, recon.UnitInput((fp,), {}, 4), keep)[0][0]
+    assert torch.equal(mixed, _official_mask_mix(quant, fp, 0.25, seed=7))
+    assert float((mixed == 0).float().mean()) == pytest.approx(0.75, abs=0.01)  # 75 % FP elements at drop_prob 0.25
+
+
+def test_qdrop_activation_drop_draws_the_official_mask():
+    class Quantize(nn.Module):  # stands in for an activation quantizer: its output differs from its input
+        def forward(self, x):
+            return x + 1.0
+
+    act, x = Quantize(), torch.zeros(4, 2000)
+    torch.manual_seed(11)
+    with recon._dropping([act], keep=0.25):
+        out = act(x)
+    assert torch.equal(out, _official_mask_mix(x + 1.0, x, 0.25, seed=11))
+
+
+def test_qdrop_keep_prob_and_drop_spellings_give_the_same_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 3, padding=1)).eval()
+    batch = torch.rand(4, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    outs = []
+    for spelling in ({"keep_prob": 0.25}, {"drop": 0.75}, {"drop": 0.25}):
+        method = create_method("qdrop", iters=8, batch=2, lr=0.05, lr_act=1e-3, **spelling)
+        qmodel, _ = quantize_with_method(model, method, 4, 4, CalibContext(calib_batch=batch, seed=3, progress=False),
+                                         scope="ptq4sr")
+        with torch.no_grad():
+            outs.append(qmodel(x))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], outs[2])  # drop 0.25 is the opposite FP share
+
+
+def test_qdrop_keep_prob_is_checked_against_drop():
+    assert create_method("qdrop", keep_prob=0.25).params.drop == 0.75  # recorded in both spellings
+    assert create_method("qdrop", keep_prob=1.0).recon_config().keep == 1.0  # = BRECQ
+    with pytest.raises(ConfigError, match="drop=0.3 and keep_prob=0.25 disagree"):
+        create_method("qdrop", drop=0.3, keep_prob=0.25)
+    with pytest.raises(ConfigError, match=r"keep_prob=0.0 must be in \(0, 1\]"):
+        create_method("qdrop", keep_prob=0.0)
