@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from pathlib import Path
 
 from bench.threads import add_threads_arg
+
+
+# Where `bench table --output FILE --keep-preamble` starts writing (the reference tables' notes stay above it).
+TABLE_MARKER = "<!-- bench table -->"
 
 
 def _add_run(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +27,9 @@ def register(subparsers) -> None:
     table.add_argument("--reference-mode", choices=["rows", "delta"], default="rows",
                        help="show published numbers as rows under ours (default) or as delta columns")
     table.add_argument("--output", type=Path, default=None, help="write to this file instead of stdout")
+    table.add_argument("--keep-preamble", action="store_true",
+                       help=f"with --output: keep the file's text down to its line {TABLE_MARKER} (notes, the "
+                            f"command) and replace only what follows it (results/reference/*.md)")
     table.add_argument("--significance", action="store_true",
                        help="paired Wilcoxon test of each method against the best of its bit group: a marker in "
                             "md/LaTeX, p-value columns in csv")
@@ -76,21 +84,53 @@ def _latest_records(run) -> list[dict]:
     return list(latest_by_key(read_records(run.records)).values())
 
 
+def run_ending(run: Path, run_arg: str, deployment: bool = False) -> str:
+    """What `bench run` prints when it ends: the run's main table, the text of `bench table --run RUN
+    --no-deployment` (of `bench table --run RUN` with `deployment`), then the next commands, written with
+    `run_arg` (the run's name, or its folder) so that they can be pasted as they are."""
+    from bench.runner.tables import render_run
+
+    commands = [(f"bench table --run {run_arg}", "this table and the size/latency one; --format latex|csv, --significance"),
+                (f"bench plot --run {run_arg}", f"figures: PSNR vs bits and size, latency; in {run / 'figures'}"),
+                (f"bench report --run {run_arg}", f"all of it in one HTML page, {run / 'report.html'}")]
+    width = max(len(command) for command, _ in commands)
+    return (render_run(run, deployment=deployment) + "\nNext:\n"
+            + "".join(f"  {command:<{width}}  # {what}\n" for command, what in commands))
+
+
+def run_argument(out: Path, default_results: Path = Path("results")) -> str:
+    """`--run` for a run folder: its name when it lies in the default results folder (as `bench run` without
+    --out puts it), else the folder itself."""
+    return shlex.quote(out.name if out.parent == default_results else str(out))
+
+
 def table_command(args: argparse.Namespace) -> int:
     from bench.runner.rundir import find_run
-    from bench.runner.tables import build_tables, load_reference, render
+    from bench.runner.tables import load_reference, render_run
 
     run = find_run(args.run, args.results_dir)
     reference = load_reference(args.reference) if args.reference else None
-    text = render(build_tables(_latest_records(run), reference, delta=args.reference_mode == "delta",
-                               significance=args.significance, deployment=not args.no_deployment), args.format)
+    text = render_run(run.path, args.format, reference, delta=args.reference_mode == "delta",
+                      significance=args.significance, deployment=not args.no_deployment)
     if args.output:
+        if args.keep_preamble:
+            text = _preamble(args.output) + text
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text, encoding="utf-8")
         print(f"wrote {args.output}")
     else:
         print(text, end="")
     return 0
+
+
+def _preamble(path: Path) -> str:
+    """The text of `path` down to its TABLE_MARKER line and a blank line after it."""
+    from bench.errors import ConfigError
+    head, marker, _ = (path.read_text(encoding="utf-8") if path.is_file() else "").partition(TABLE_MARKER + "\n")
+    if not marker:
+        raise ConfigError(f"{path} has no line {TABLE_MARKER}; add it where the table should start, or leave out "
+                          f"--keep-preamble to write the table alone")
+    return head + marker + "\n"
 
 
 def plot_command(args: argparse.Namespace) -> int:

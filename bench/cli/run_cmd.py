@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_threads_arg(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--deployment", action="store_true",
+                     help="at the end, print the size/latency table under the PSNR/SSIM table, as `bench table` "
+                          "does (default: the main table alone, as `bench table --no-deployment`)")
     _add_executor_args(run)
     run.set_defaults(func=run_command)
 
@@ -68,6 +71,7 @@ def _env_path(name: str) -> Path | None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from bench.cli.report_cmd import run_argument, run_ending
     from bench.runner.cells import parse_only
     from bench.runner.execute import RunOptions, run_matrix
     from bench.runner.executors import ExecutorConfig
@@ -94,6 +98,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     stats = run_matrix(matrix, options)  # prints what it skips, and why, before it starts
     print(stats.summary() + (f"; {len(stats.skipped)} entries skipped (listed above)" if stats.skipped else ""))
+    print("\n" + run_ending(options.out, run_argument(options.out), args.deployment), end="")
     return 1 if stats.errors else 0
 
 
