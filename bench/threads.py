@@ -6,7 +6,7 @@ tests/conftest.py; a user's own value always wins):
     default (300,000 spins) keeps the siblings of a thread whose core is taken by another process spinning at
     every barrier, and a run beside one busy process became an order of magnitude slower; never spinning
     (OMP_WAIT_POLICY=PASSIVE, this project's earlier default) pays a wake-up at every parallel op instead, and
-    made small-batch fine-tuning 1.36x slower than this setting on idle cores (README, "Speed and CPU contention").
+    made small-batch fine-tuning 1.36x slower than this setting on idle cores (docs/speed.md).
     A user's OMP_WAIT_POLICY leaves it unset: libgomp lets GOMP_SPINCOUNT override the policy;
   * THP_MEM_ALLOC_ENABLE=1: torch's CPU allocator asks for transparent huge pages, so a fresh 200 MB activation
     costs ~100x fewer page faults (measured: allocating and filling 50M floats 0.071 -> 0.032 s, a fake-quant

@@ -18,7 +18,7 @@ Per quantized nn.Linear (weight W, calibration input X, both FP; A = W^T so that
 Then DOBI bounds and DQC on the transformed copy (methods/twodquant.py, same parameters; the teacher is the
 untouched FP model). The new weights are written with `rewrite_fp_tensor`, so a saved file stores them.
 
-Where the paper's text is silent, these are our choices (README "CondiQuant, as this project reads it"): the
+Where the paper's text is silent, these are our choices (docs/transformer-methods.md, "CondiQuant, as this project reads it"): the
 form of R, rho, the iteration count, the restore step and `tol`, one calibration forward for all layers (the FP
 inputs), and linear layers only: the paper transforms SwinIR-light's linear layers (its convolutions stay FP).
 A model whose quantized layers hold no nn.Linear is refused by name.

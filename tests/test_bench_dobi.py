@@ -6,8 +6,8 @@ shared and noisy; FP and the measured variant are timed in turns and medians are
   * W4A4 fake-quant inference: <= 1.3x FP, SwinIR-light (2dquant scope) and IMDN (ptq4sr scope), same input;
   * one fine-tuning step's forward and backward (DQC/Pac, bounds trained) on the demo's SwinIR-light x2 batch:
     <= 2.75x the FP model's forward and backward, and <= 0.8x the autograd composite's step (BENCH_FAKE_QUANT_STE=0)
-    in the same process (the demo's wall time follows from it: README, "Speed").
-The figures of the last run are in README ("Speed") and results/reference/speed.md.
+    in the same process (the demo's wall time follows from it: docs/speed.md).
+The figures of the last run are in docs/speed.md and results/reference/speed.md.
 Weights are random for SwinIR-light (timing does not depend on them) and the official ones for IMDN.
 """
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_xw_is_kept_within_1e4_and_kappa_falls_on_every_transformed_layer(transf
     layers = dict(linear_layers(qmodel))
     assert len(method.layers) == 144
     done = [t for t in method.layers if t.transformed]
-    assert len(done) >= 130  # measured: see README (a layer whose kappa would not fall is left alone)
+    assert len(done) >= 130  # measured: see docs/transformer-methods.md (a layer whose kappa would not fall is left alone)
     for record in method.layers:
         path = record.weight[:-len(".weight")]
         before = plain.get_submodule(path).weight.double()

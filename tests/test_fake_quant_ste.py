@@ -1,6 +1,6 @@
 """The fake quantizer's training path (`_FakeQuantizeSTE`): one autograd node whose output and gradients equal
 those of the autograd composite of spec §2.3 (`fake_quantize_reference`) bit for bit, so fine-tuned bounds do
-not move by a single ulp (a fine-tuning run amplifies last-bit differences: README, demo table).
+not move by a single ulp (a fine-tuning run amplifies last-bit differences: docs/results.md, the demo matrix).
 
 Checked on tensors (both the one-pass kernel and its torch-ops fallback; contiguous, permuted, non-dense and
 per-channel inputs; every combination of what requires a gradient; PTQ4SR's gradient scale; 1 and 2 threads)
