@@ -236,11 +236,12 @@ def test_size_chart_shows_measured_packed_sizes_beside_the_cost_model(tmp_path):
             r["packed_size_bytes"] = r["model_size_bytes"] + 1234             # as bench.export.measure records it
     html = build_report([RunRecords(RunDir(tmp_path), records)], None).html
     chart = re.search(r'<svg class="chart"[^>]*aria-label="Set5: PSNR vs model size">.*?</svg>', html, re.S).group(0)
-    hollow = re.findall(r'<circle class="pt"[^>]*fill="white"[^>]*data-tip="([^"]*)"', chart, re.S)
+    hollow = re.findall(r'<polygon [^>]*class="pt" fill="white" stroke="#9467bd" data-marker="v"[^>]*'
+                        r'data-tip="([^"]*)"', chart, re.S)                   # DOBI's purple triangle, hollow
     assert len(hollow) == 3                                                   # DOBI at 4, 3 and 2 bits
     assert all("(measured file)" in tip for tip in hollow)
     assert "size 0.401 MB (measured file)" in " ".join(hollow)               # 4 bits: 400,000 + 1,234 bytes
-    assert ">DOBI (measured)</text>" in chart
+    assert ">DOBI</text>" in chart and ">hollow: measured packed file</text>" in chart  # one entry per method
     assert "hollow markers" in html and "no measured file size" not in html
 
 

@@ -62,7 +62,7 @@ def test_each_method_keeps_one_colour_in_every_figure(figures, tmp_path):
         assert all(_same(lines[name + kind], colour) for name, colour in expected.items()), (stem, lines)
         assert _same(lines["FP" + kind], "black")
     ax = figures["swinir-light_x2_latency"].axes[0]
-    bars = [p for p in ax.patches if p.get_height() == 12.0]  # the quantized medians, W4A4 then W2A2 per method
+    bars = [p for p in ax.patches if p.get_width() == 12.0]  # the quantized medians, W4A4 then W2A2 per method
     assert [mcolors.to_hex(b.get_facecolor()) for b in bars] == \
            [mcolors.to_hex(c) for c in ("tab:blue", "tab:blue", "tab:purple", "tab:purple", "tab:brown", "tab:brown")]
 
@@ -97,11 +97,14 @@ def test_a_tiny_spread_gets_at_least_half_a_db(figures, tmp_path):
 def test_latency_bars_show_median_quartiles_and_n(figures, tmp_path):
     plots.plot_run(_run(), tmp_path)
     ax = figures["swinir-light_x2_latency"].axes[0]
-    labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels[0] == "FP\nN=5" and labels[1] == "MinMax\nW4A4, N=5\n1.33x FP"  # 12 / 9 ms
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "MinMax\nW4A4, N=5, 1.33x FP"  # 12 / 9 ms; FP's own cell is a note, not a bar
     assert "median of N=5 runs after 1 warm-up; whiskers: interquartile range" in ax.get_title()
-    whiskers = sorted({tuple(sorted(seg[:, 1])) for coll in ax.collections for seg in coll.get_segments()})
+    whiskers = sorted({tuple(sorted(seg[:, 0])) for coll in ax.collections for seg in coll.get_segments()})
     assert (11.0, 13.0) in whiskers and (8.0, 9.0) in whiskers
+    assert [t.get_text().replace("\n", " ") for t in ax.texts] == [
+        "FP's own cell, timed alone at another moment: median 9.0 ms (IQR 8.0-9.0, N=5). Not drawn: on a "
+        "shared CPU only the FP timed in turns beside a variant is that variant's baseline."]
 
 
 def test_spread_is_the_interquartile_range():

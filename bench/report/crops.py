@@ -1,6 +1,7 @@
 """The visual comparison of the HTML report: one crop of HR, bicubic, FP and every method, as PNG data URIs.
 
-The panels are `bench visual`'s (bench.runner.visual.build_panels): saved SR images when the run kept them,
+The panels are `bench visual`'s (bench.runner.visual.build_panels), titled with the tables' method names and
+the PSNR of the crop beside that of the whole image: saved SR images when the run kept them,
 otherwise recomputed from the FP weights and the run's cached bounds. Without `--image`, a run that saved its
 SR images gets a default crop (the first image, a centred square); a run that did not gets a note saying how
 to ask for one, because recomputing every method is a model run the reader did not ask for.
@@ -93,13 +94,13 @@ def build_crop_view(runs: list[tuple[RunDir, list[dict]]], request: CropRequest)
                         "--image NAME --crop x,y,w,h to recompute the panels from the cached calibrations")
             image, crop_text = image or default[0], crop_text or default[1]
         # Imported only now: bench.runner.visual loads torch and matplotlib, seconds on a busy CPU.
-        from bench.runner.visual import Crop, build_panels
+        from bench.runner.visual import PSNR_LEGEND, Crop, build_panels
         from bench.threads import configure_threads
         crop = Crop.parse(crop_text)
         configure_threads(request.threads)
         strip = build_panels(run, image, crop, dataset, scale, model, request.data_root, request.device)
-        panels = [CropPanel(p.title.replace("\n", ", "), png_data_uri(p.image)) for p in strip.panels]
-        caption = f"{model} x{scale}, {dataset} {image}, crop {crop_text} (x, y, w, h in HR pixels)"
+        panels = [CropPanel(p.caption.replace("\n", ", "), png_data_uri(p.image)) for p in strip.panels]
+        caption = f"{model} x{scale}, {dataset} {image}, crop {crop_text} (x, y, w, h in HR pixels). {PSNR_LEGEND}."
         return CropView(caption, panels)
     raise ConfigError("no successful cells match --dataset/--scale/--model in the given runs; "
                       "see `bench table --run R` for what they hold")

@@ -6,23 +6,27 @@ Per (model, scale):
   * `<model>_x<s>_psnr_vs_size`: PSNR against model size (MB), one marker per method: the cost model's size
     (bench.cost, filled) and, where the records hold it, the measured packed file (`bench export --format
     packed`, hollow, dotted); drawn only when the run has two or more cost-model sizes (FP and a quantized one);
-  * `<model>_x<s>_latency`: median forward latency with its interquartile range and N, FP next to each
-    quantized variant timed in turns with it (labelled fake-quant: simulated quantization, not integer kernels);
+  * `<model>_x<s>_latency`: horizontal bars, one row per quantized variant: its median forward latency beside
+    FP's, the two timed in turns (labelled fake-quant: simulated quantization, not integer kernels), with the
+    interquartile range and N. FP's own cell, timed alone at another moment, is not a bar: its median is a
+    note under the axes, because under a changing CPU load it is no baseline for the variants;
   * `<model>_x<s>_latency_onnxruntime`: where the records hold it (`latency: {runtime: onnxruntime}`), the
     measured onnxruntime FP32 and int8 QDQ medians of each variant, and its measured speed-up beside the
     speed-up the paper's rule predicts.
 
-What keeps them honest:
-  * one colour and marker per method label in every figure of a run (FP black, bicubic grey);
+What keeps them honest (bench.runner.style, shared with the HTML report):
+  * one colour and marker per method label in every figure and format (FP a black star, bicubic grey);
   * the PSNR axis spans at least MIN_PSNR_SPAN_DB, without offset notation, so that differences of a few
     thousandths of a dB do not look like a ranking; when the quantized methods of a panel are within
-    TIE_DB of each other the panel says so;
-  * a figure with nothing to compare is not drawn, and `plot_run` says why in its notes.
-Dataset titles are the tables' column headers (bench.runner.tables), e.g. "Set5 (crop 64)".
+    TIE_DB of each other the panel says so under its axis;
+  * legends sit outside the axes: they never hide a point or a tick label;
+  * a figure with nothing to compare (one bit-width, one size) is not drawn, and `plot_run` says why in its notes.
+Dataset titles are the tables' column headers (bench.runner.tables), method names the tables' row names.
 """
 from __future__ import annotations
 
 import statistics
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,22 +34,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from bench.runner.latency import spread_ms
-from bench.runner.tables import DATASET_ORDER, DISPLAY_NAMES, _dataset_header, display_names
+from bench.runner.style import MIN_PSNR_SPAN_DB, TIE_DB, Styles, is_quantized, psnr_limits, skipped_charts, tie_note
+from bench.runner.tables import DATASET_ORDER, _dataset_header
+
+__all__ = ["FORMATS", "MIN_PSNR_SPAN_DB", "TIE_DB", "Styles", "plot_run", "size_series", "ort_variants"]
 
 FORMATS = ("png", "pdf")
-MIN_PSNR_SPAN_DB = 0.5
-TIE_DB = 0.01
-FP_COLOUR, BICUBIC_COLOUR = "black", "tab:grey"
-# Built-in methods keep their colour across runs; other labels take the next free colour, in label order.
-METHOD_COLOURS = {"minmax": "tab:blue", "percentile": "tab:orange", "emmse": "tab:green", "ptq4sr": "tab:red",
-                  "dobi": "tab:purple", "2dquant": "tab:brown"}
-SPARE_COLOURS = ("tab:pink", "tab:olive", "tab:cyan", "darkgoldenrod", "navy", "teal", "crimson", "indigo")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+NOTE_WIDTH = 90   # characters per line of a note under the axes
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+def _figure(width: float, height: float):
+    """A figure whose layout engine keeps titles, notes and the outside legend clear of each other."""
+    return plt.figure(figsize=(width, height), layout="constrained")
+
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,10 +63,6 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
         paths.append(path)
     plt.close(fig)
     return paths
-
-
-def _name(record: dict) -> str:
-    return DISPLAY_NAMES.get(record["label"], record["label"])
 
 
 def _ds(record: dict) -> str:
@@ -78,81 +81,78 @@ def _title(dataset: str, records: list[dict]) -> str:
 
 
 def _is_quantized(record: dict) -> bool:
-    return record["method"] not in ("fp", "bicubic")
+    return is_quantized(record)
 
 
-class Styles:
-    """Colour and marker of every method label of a run, the same in every figure."""
-
-    def __init__(self, records: list[dict]) -> None:
-        labels = list(dict.fromkeys(r["label"] for r in records if _is_quantized(r)))
-        method_of = {r["label"]: r["method"] for r in records}
-        taken: set[str] = set()
-        self.colour: dict[str, str] = {}
-        for label in labels:  # first label of a built-in method: its own colour
-            colour = METHOD_COLOURS.get(method_of[label])
-            if colour is not None and colour not in taken:
-                self.colour[label] = colour
-                taken.add(colour)
-        spare = iter(c for c in SPARE_COLOURS if c not in taken)
-        for label in sorted(set(labels) - set(self.colour)):
-            self.colour[label] = next(spare, "tab:grey")
-        self.marker = {label: MARKERS[i % len(MARKERS)] for i, label in enumerate(labels)}
-        self.names = display_names(records)  # the tables' row names
-
-    def name(self, record: dict) -> str:
-        return self.names.get(record["label"], _name(record))
-
-    def of(self, label: str) -> dict:
-        return {"color": self.colour.get(label, "tab:grey"), "marker": self.marker.get(label, "o")}
+def _note_under(ax, text: str) -> None:
+    """A note under the axes' x label: outside the data area, so it hides no point."""
+    text = "\n".join(textwrap.fill(line, NOTE_WIDTH) for line in text.split("\n"))
+    ax.annotate(text, xy=(0.5, 0.0), xycoords=ax.xaxis.label, xytext=(0, -3), textcoords="offset points",
+                ha="center", va="top", fontsize="x-small", color="dimgrey")
 
 
 def _honest_psnr_axis(ax, values: list[float], quantized: list[float]) -> None:
     """A y-range of at least MIN_PSNR_SPAN_DB around the values, in plain dB; a note when methods tie."""
     ax.ticklabel_format(axis="y", useOffset=False, style="plain")
-    if values:
-        low, high = min(values), max(values)
-        pad = max((MIN_PSNR_SPAN_DB - (high - low)) / 2, 0.08 * (high - low))
-        ax.set_ylim(low - pad, high + pad)
-    if len(quantized) > 1 and max(quantized) - min(quantized) < TIE_DB:
-        ax.text(0.02, 0.03, f"quantized methods within {max(quantized) - min(quantized):.3f} dB:\n"
-                            f"differences below {TIE_DB} dB, not a ranking",
-                transform=ax.transAxes, fontsize="x-small", va="bottom", color="dimgrey")
+    limits = psnr_limits(values)
+    if limits is not None:
+        ax.set_ylim(*limits)
+    note = tie_note(quantized)
+    if note is not None:
+        _note_under(ax, note.replace(": ", ":\n", 1))
 
 
-def _references(ax, mine: list[dict]) -> list[float]:
+def _legend_outside(fig, handles: list) -> None:
+    """One legend for all panels, right of them (constrained layout makes room for it)."""
+    unique = {h.get_label(): h for h in handles if not h.get_label().startswith("_")}
+    if unique:
+        fig.legend(list(unique.values()), list(unique), loc="outside right center", fontsize="small")
+
+
+def _references(ax, mine: list[dict], styles: Styles) -> list[float]:
     """FP and bicubic as horizontal lines; returns their PSNRs."""
     values = []
-    for method, style, colour in (("fp", "--", FP_COLOUR), ("bicubic", ":", BICUBIC_COLOUR)):
+    for method, line in (("fp", "--"), ("bicubic", ":")):
         ref = next((r for r in mine if r["method"] == method and r.get("psnr") is not None), None)
         if ref is not None:
-            ax.axhline(ref["psnr"], linestyle=style, color=colour, linewidth=1, label=_name(ref))
+            ax.axhline(ref["psnr"], linestyle=line, color=styles.of(ref["label"]).colour, linewidth=1,
+                       label=styles.name(ref))
             values.append(ref["psnr"])
     return values
 
 
 # ------------------------------------------------------------------------------------------ figures
 
+def _panels(datasets: list[str]):
+    """A figure with one panel per dataset, and its axes."""
+    fig = _figure(3.6 * len(datasets) + 2.4, 3.6)
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    return fig, list(axes)
+
+
 def plot_psnr_vs_bits(records: list[dict], model: str, scale: int, out_dir: Path,
                       styles: Styles | None = None) -> list[Path]:
     styles = styles or Styles(records)
     datasets = _datasets(records)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    fig, axes = _panels(datasets)
+    handles = []
+    for ax, dataset in zip(axes, datasets):
         mine = [r for r in records if _ds(r) == dataset and r.get("psnr") is not None]
         quantized = [r for r in mine if _is_quantized(r)]
         for label in dict.fromkeys(r["label"] for r in quantized):
             points = sorted((r["w_bits"], r["psnr"]) for r in quantized if r["label"] == label)
-            ax.plot(*zip(*points), label=styles.name(next(r for r in quantized if r["label"] == label)), **styles.of(label))
-        refs = _references(ax, mine)
+            ax.plot(*zip(*points), label=styles.name(next(r for r in quantized if r["label"] == label)),
+                    **styles.mpl(label))
+        refs = _references(ax, mine, styles)
         _honest_psnr_axis(ax, refs + [r["psnr"] for r in quantized], [r["psnr"] for r in quantized])
         ax.set_title(_title(dataset, records))
         ax.set_xlabel("weight/activation bits")
         ax.set_ylabel("PSNR (dB, Y)")
         ax.set_xticks(sorted({r["w_bits"] for r in quantized}))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize="small")
-    fig.suptitle(f"{model} x{scale}: PSNR vs bits", y=1.04)
+        handles += ax.get_lines()
+    _legend_outside(fig, handles)
+    fig.suptitle(f"{model} x{scale}: PSNR vs bits")
     return _save(fig, out_dir, f"{model}_x{scale}_psnr_vs_bits")
 
 
@@ -173,30 +173,46 @@ def size_series(records: list[dict], styles: Styles) -> list[tuple[str, str, str
     return series
 
 
+def _size_legend(records: list[dict], styles: Styles, measured: bool) -> list:
+    """One entry per method (its colour and marker), then what filled and hollow mean: half the entries of
+    one per (method, size kind)."""
+    shown = [r for r in records if r.get("model_size_bytes") and r.get("psnr") is not None]
+    first_of = {r["label"]: r for r in reversed(shown)}  # FP first, then the methods in the run's order
+    labels = sorted(dict.fromkeys(r["label"] for r in shown), key=lambda label: _is_quantized(first_of[label]))
+    handles = [Line2D([], [], linestyle="", markersize=8, label=styles.name(first_of[label]), **styles.mpl(label))
+               for label in labels]
+    handles.append(Line2D([], [], linestyle="", marker="o", color="dimgrey", label="filled: cost model size"))
+    if measured:
+        handles.append(Line2D([], [], linestyle=":", marker="o", color="dimgrey", markerfacecolor="none",
+                              label="hollow: measured packed file"))
+    return handles
+
+
 def plot_psnr_vs_size(records: list[dict], model: str, scale: int, out_dir: Path,
                       styles: Styles | None = None) -> list[Path]:
     styles = styles or Styles(records)
     datasets = _datasets(records)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    fig, axes = _panels(datasets)
+    measured = False
+    for ax, dataset in zip(axes, datasets):
         mine = [r for r in records if _ds(r) == dataset and r.get("model_size_bytes") and r.get("psnr") is not None]
         quantized = [r for r in mine if _is_quantized(r)]
         for r in (r for r in mine if r["method"] == "fp"):
-            ax.plot(r["model_size_bytes"] / 1e6, r["psnr"], marker="*", markersize=11, color=FP_COLOUR,
-                    linestyle="", label=f"{_name(r)} (cost model)")
+            ax.plot(r["model_size_bytes"] / 1e6, r["psnr"], markersize=11, linestyle="",
+                    label=f"{styles.name(r)} (cost model)", **styles.mpl(r["label"]))
         for name, label, kind, points in size_series(mine, styles):
-            measured = kind != "cost model"
-            line = (":" if measured else "-") if len(points) > 1 else ""
-            ax.plot(*zip(*points), linestyle=line, markerfacecolor="none" if measured else None, markersize=8,
-                    label=name, **styles.of(label))
-        values = [r["psnr"] for r in mine]
-        _honest_psnr_axis(ax, values, [r["psnr"] for r in quantized])
+            hollow = kind != "cost model"
+            measured |= hollow
+            line = (":" if hollow else "-") if len(points) > 1 else ""
+            ax.plot(*zip(*points), linestyle=line, markerfacecolor="none" if hollow else None, markersize=8,
+                    label=name, **styles.mpl(label))
+        _honest_psnr_axis(ax, [r["psnr"] for r in mine], [r["psnr"] for r in quantized])
         ax.set_title(_title(dataset, records))
         ax.set_xlabel("model size (MB)")
         ax.set_ylabel("PSNR (dB, Y)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize="small")
-    fig.suptitle(f"{model} x{scale}: PSNR vs model size (filled: cost model; hollow: measured packed file)", y=1.04)
+    _legend_outside(fig, _size_legend(records, styles, measured))
+    fig.suptitle(f"{model} x{scale}: PSNR vs model size")
     return _save(fig, out_dir, f"{model}_x{scale}_psnr_vs_size")
 
 
@@ -208,51 +224,76 @@ def _times(record: dict, field: str, median_field: str) -> list[float]:
     return [record[median_field]] if record.get(median_field) is not None else []
 
 
-def _bar(ax, x: float, times: list[float], colour: str, **kwargs) -> None:
+def _bar(ax, y: float, times: list[float], colour: str, height: float = 0.38, **kwargs) -> None:
+    """A horizontal bar at the median, whiskers at the interquartile range."""
     median = statistics.median(times)
     q1, q3 = spread_ms(times)
-    ax.bar(x, median, width=0.38, color=colour, yerr=[[median - q1], [q3 - median]], capsize=3,
-           error_kw={"elinewidth": 1}, **kwargs)
+    ax.barh(y, median, height=height, color=colour, xerr=[[median - q1], [q3 - median]], capsize=3,
+            error_kw={"elinewidth": 1}, **kwargs)
+
+
+def _spread_text(times: list[float]) -> str:
+    q1, q3 = spread_ms(times)
+    return f"median {statistics.median(times):.1f} ms (IQR {q1:.1f}-{q3:.1f}, N={len(times)})"
 
 
 def plot_latency(records: list[dict], model: str, scale: int, out_dir: Path,
                  styles: Styles | None = None) -> list[Path]:
+    """One row per quantized variant: FP and the variant timed in turns (the only fair pair on a shared CPU).
+    FP's own cell, timed alone, is a bar only when no variant has an FP timed beside it (older records)."""
     styles = styles or Styles(records)
     fp = next((r for r in records if r["method"] == "fp" and _times(r, "latency_times_ms", "latency_ms")), None)
     variants: dict[tuple, dict] = {}
     for r in records:  # one calibration serves every dataset: its latency appears once
         if _is_quantized(r) and _times(r, "latency_times_ms", "latency_ms"):
             variants.setdefault((r["label"], r["w_bits"], r["a_bits"]), r)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * (len(variants) + 1) + 2), 3.6))
-    ticks, labels, runs = [], [], set()
+    paired_any = any(_times(r, "latency_fp_times_ms", "latency_fp_ms") for r in variants.values())
+    rows = len(variants) + (1 if fp is not None and not paired_any else 0)
+    fig = _figure(7.5, 1.9 + 0.62 * max(rows, 1))
+    ax = fig.subplots()
+    ticks, labels, runs, notes = [], [], set(), []
+    row = 0
     if fp is not None:
         times = _times(fp, "latency_times_ms", "latency_ms")
-        _bar(ax, 0.0, times, FP_COLOUR, label="FP (alone)")
-        ticks.append(0.0)
-        labels.append(f"FP\nN={len(times)}")
-        runs.add(len(times))
-    for i, ((label, w, a), r) in enumerate(variants.items(), start=1):
+        if paired_any:
+            notes.append(f"FP's own cell, timed alone at another moment: {_spread_text(times)}. Not drawn: on a "
+                         f"shared CPU only the FP timed in turns beside a variant is that variant's baseline.")
+        else:
+            _bar(ax, row, times, styles.of(fp["label"]).colour, height=0.6)
+            ticks.append(row)
+            labels.append(f"FP (its own cell)\nN={len(times)}")
+            runs.add(len(times))
+            row += 1
+    for (label, w, a), r in variants.items():
         quant = _times(r, "latency_times_ms", "latency_ms")
         paired = _times(r, "latency_fp_times_ms", "latency_fp_ms")
         if paired:
-            _bar(ax, i - 0.2, paired, "lightgrey", hatch="//", edgecolor="dimgrey",
-                 label="FP, timed in turns with the variant" if i == 1 else None)
-        _bar(ax, i + 0.2 if paired else i, quant, styles.of(label)["color"])
-        ratio = f"\n{statistics.median(quant) / statistics.median(paired):.2f}x FP" if paired else ""
-        ticks.append(float(i))
+            _bar(ax, row - 0.2, paired, "lightgrey", hatch="//", edgecolor="dimgrey")
+        _bar(ax, row + 0.2 if paired else row, quant, styles.of(label).colour, height=0.38 if paired else 0.6)
+        ratio = f", {statistics.median(quant) / statistics.median(paired):.2f}x FP" if paired else ""
+        ticks.append(row)
         labels.append(f"{styles.name(r)}\nW{w}A{a}, N={len(quant)}{ratio}")
         runs.add(len(quant))
-    ax.set_xticks(ticks, labels, fontsize="small")
+        row += 1
+    ax.set_yticks(ticks, labels, fontsize="small")
+    ax.invert_yaxis()  # first row on top
     size = next((r.get("latency_lr_size") for r in records if r.get("latency_lr_size")), None)
     warmup = next((r.get("latency_warmup") for r in records if r.get("latency_warmup") is not None), None)
     n_text = f"N={runs.pop()}" if len(runs) == 1 else "N per bar"
-    ax.set_ylabel("latency (ms)")
+    ax.set_xlabel("latency (ms)")
     ax.set_title(f"{model} x{scale}: forward latency, LR {size}x{size}, quantized = fake-quant\n"
                  f"median of {n_text} runs" + (f" after {warmup} warm-up" if warmup else "") +
                  "; whiskers: interquartile range", fontsize="medium")
-    ax.grid(axis="y", alpha=0.3)
-    if variants:
-        ax.legend(fontsize="x-small", loc="upper left")
+    ax.grid(axis="x", alpha=0.3)
+    if paired_any:
+        first = next(iter(variants))[0]
+        fig.legend(handles=[Patch(facecolor="lightgrey", hatch="//", edgecolor="dimgrey",
+                                  label="FP, timed in turns with the variant of its row"),
+                            Patch(facecolor=styles.of(first).colour,
+                                  label="the quantized variant (fake-quant), in its method's colour")],
+                   loc="outside lower center", ncol=2, fontsize="x-small", frameon=False)
+    for note in notes:
+        _note_under(ax, note)
     return _save(fig, out_dir, f"{model}_x{scale}_latency")
 
 
@@ -291,7 +332,7 @@ def plot_ort_latency(records: list[dict], model: str, scale: int, out_dir: Path,
     bars = [ax_ms.bar([x - 0.2 for x in xs], [v.fp32_ms for v in variants], width=0.38, color="lightgrey",
                       hatch="//", edgecolor="dimgrey", label="FP32 export (measured)"),
             ax_ms.bar([x + 0.2 for x in xs], [v.int8_ms for v in variants], width=0.38,
-                      color=[styles.of(v.label)["color"] for v in variants], label="int8 QDQ export (measured)")]
+                      color=[styles.of(v.label).colour for v in variants], label="int8 QDQ export (measured)")]
     for group in bars:
         ax_ms.bar_label(group, fmt="%.1f", fontsize="x-small")
     ax_ms.set_ylabel("latency (ms)")
@@ -303,7 +344,7 @@ def plot_ort_latency(records: list[dict], model: str, scale: int, out_dir: Path,
                                 edgecolor="dimgrey", hatch="..", label="paper rule (theoretical)"),
                        fmt="%.2fx", fontsize="x-small")
     ax_x.bar_label(ax_x.bar([x + 0.2 for x in xs], [v.measured_speedup for v in variants], width=0.38,
-                            color=[styles.of(v.label)["color"] for v in variants], label="measured (onnxruntime)"),
+                            color=[styles.of(v.label).colour for v in variants], label="measured (onnxruntime)"),
                    fmt="%.2fx", fontsize="x-small")
     ax_x.axhline(1.0, color="black", linewidth=0.8)
     ax_x.set_ylabel("speed-up over FP32 (x)")

@@ -1,5 +1,7 @@
 """Visual comparison strip (like the 2DQuant paper's Fig. 1): the same crop of HR, bicubic, FP and every
-quantized cell of one (model, scale, dataset), side by side, each titled with its PSNR on that image.
+quantized cell of one (model, scale, dataset), side by side, each titled with the tables' method name and two
+PSNRs, each saying what it measures: the crop's own (Y channel, computed here from the pixels shown) and the
+whole image's (the record's per-image value, as in the tables).
 
 SR outputs come from the run's `images/` folder when the matrix saved them (`save_images: true`);
 otherwise they are recomputed from the FP weights and the run's cached calibrated bounds.
@@ -17,11 +19,12 @@ import numpy as np
 import torch
 
 from bench.errors import ConfigError
+from bench.metrics.psnr_ssim import psnr_y
 from bench.runner import stages
 from bench.runner.matrix import DatasetSpec, ModelSpec
 from bench.runner.records import latest_by_key, read_records
 from bench.runner.rundir import RunDir
-from bench.runner.tables import DISPLAY_NAMES
+from bench.runner.tables import display_names
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,24 @@ class Crop:
 class Panel:
     title: str
     image: np.ndarray
+    crop_psnr: float | None = None     # PSNR (Y) of the crop shown against HR's crop
+    image_psnr: float | None = None    # PSNR of the whole image, from the record
+
+    @property
+    def psnr_text(self) -> str:
+        """"crop 31.20 dB, image 35.41 dB": each PSNR names what it measures."""
+        parts = ([f"crop {self.crop_psnr:.2f} dB"] if self.crop_psnr is not None else []) + \
+                ([f"image {self.image_psnr:.2f} dB"] if self.image_psnr is not None else [])
+        return ", ".join(parts)
+
+    @property
+    def caption(self) -> str:
+        return f"{self.title}\n{self.psnr_text}" if self.psnr_text else self.title
+
+
+# What the two PSNRs of a panel are, for the strip's title and the report's caption.
+PSNR_LEGEND = ("PSNR (dB, Y channel): crop = the pixels shown, against HR's crop (no border shave); "
+               "image = the whole image, as in the tables")
 
 
 @dataclass
@@ -131,7 +152,9 @@ def build_panels(run: RunDir, image: str, crop: Crop, dataset: str | None = None
     view = stages.dataset_view(stages.load_data(DatasetSpec(first["dataset"]), first["scale"], data_root),
                                DatasetSpec(first["dataset"], first.get("crop")), first["scale"])
     pair = _image_pair(view, image)
-    panels = [Panel("HR", crop.apply(pair.hr))]
+    hr_crop = crop.apply(pair.hr)
+    panels = [Panel("HR", hr_crop)]
+    names = display_names(records)  # the tables' row names, e.g. "2DQuant (50 DQC steps)"
     recompute = _Recomputer(run, torch.device(device))
     order = sorted(records, key=lambda r: (r["method"] != "bicubic", r["method"] != "fp", -(r.get("w_bits") or 0)))
     for record in order:
@@ -143,10 +166,10 @@ def build_panels(run: RunDir, image: str, crop: Crop, dataset: str | None = None
             sr = imresize(pair.lr, record["scale"])
         else:
             sr = upscale(recompute.model(record), pair.lr, record["scale"], device)
-        name = DISPLAY_NAMES.get(record["label"], record["label"])
         bits = "" if record["method"] in ("fp", "bicubic") else f" W{record['w_bits']}A{record['a_bits']}"
-        psnr = _image_psnr(record, image)
-        panels.append(Panel(f"{name}{bits}" + (f"\n{psnr:.2f} dB" if psnr is not None else ""), crop.apply(sr)))
+        shown = crop.apply(sr)
+        panels.append(Panel(f"{names[record['label']]}{bits}", shown, psnr_y(shown, hr_crop, 0),
+                            _image_psnr(record, image)))
     return Strip(panels, first["model"], first["scale"], first.get("dataset_label") or first["dataset"])
 
 
@@ -154,8 +177,10 @@ def save_strip(panels: list[Panel], out_stem: Path, title: str = "") -> list[Pat
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.7), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         ax.imshow(panel.image, interpolation="nearest")
-        ax.set_title(panel.title, fontsize=8)
+        ax.set_title(panel.caption.replace(", image", "\nimage"), fontsize=8)
         ax.axis("off")
+    if any(p.psnr_text for p in panels):
+        title = f"{title}\n{PSNR_LEGEND}" if title else PSNR_LEGEND
     if title:
         fig.suptitle(title, fontsize=9)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
