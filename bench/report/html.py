@@ -21,6 +21,7 @@ from bench.report.crops import CropRequest, CropView, build_crop_view
 from bench.report.significance import MARKER, Comparison
 from bench.runner.records import latest_by_key, read_records
 from bench.runner.rundir import RunDir
+from bench.runner.style import MIN_PSNR_SPAN_DB, TIE_DB, Styles, is_quantized, psnr_limits, skipped_charts, tie_note
 from bench.runner.tables import (
     DEPLOYMENT_COLUMNS,
     DISPLAY_NAMES,
@@ -60,6 +61,8 @@ def load_runs(runs: Iterable[RunDir]) -> list[RunRecords]:
         for record in item.records:
             record.setdefault("run", item.run.name)
     if len(loaded) > 1:
+        # A cell in several runs is "<its display name> [<run>]": the name the tables give it, then its run.
+        shown = {id(item): display_names(item.records) for item in loaded}
         seen: dict[str, int] = {}
         for item in loaded:
             for record in item.records:
@@ -67,8 +70,7 @@ def load_runs(runs: Iterable[RunDir]) -> list[RunRecords]:
         for item in loaded:
             for record in item.records:
                 if seen[record["key"]] > 1:
-                    name = DISPLAY_NAMES.get(record["label"], record["label"])
-                    record["label"] = f"{name} [{item.run.name}]"
+                    record["label"] = f"{shown[id(item)][record['label']]} [{item.run.name}]"
     return loaded
 
 
@@ -240,58 +242,78 @@ def _tip(record: dict, extra: str = "") -> str:
     return "\n".join(lines + ([extra] if extra else []))
 
 
-def _bits_chart(records: list[dict], dataset: str, colors: dict[str, str]) -> str:
+def _bits_chart(records: list[dict], dataset: str, styles: Styles) -> str:
     mine = [r for r in records if r.get("psnr") is not None]
+    quantized = [r for r in mine if is_quantized(r)]
     series = []
-    for label in dict.fromkeys(r["label"] for r in mine if r["method"] not in BASELINES):
-        points = [svg.Point(r["w_bits"], r["psnr"], _tip(r)) for r in mine if r["label"] == label]
-        series.append(svg.Series(_name(next(r for r in mine if r["label"] == label)), points))
-    hlines = [svg.HLine(_name(r), r["psnr"], _tip(r), "6 4" if r["method"] == "fp" else "2 3")
-              for r in mine if r["method"] in BASELINES]
-    ticks = sorted({r["w_bits"] for r in mine if r["method"] not in BASELINES})
+    for label in dict.fromkeys(r["label"] for r in quantized):
+        style = styles.of(label)
+        points = [svg.Point(r["w_bits"], r["psnr"], _tip(r)) for r in quantized if r["label"] == label]
+        series.append(svg.Series(_name(next(r for r in mine if r["label"] == label)), points, style.colour, style.marker))
+    hlines = [svg.HLine(_name(r), r["psnr"], _tip(r), "6 4" if r["method"] == "fp" else "2 3", styles.of(r["label"]).colour)
+              for r in mine if not is_quantized(r)]
+    ticks = sorted({r["w_bits"] for r in quantized})
+    values = [r["psnr"] for r in mine]
     return svg.render_chart(svg.Chart(f"{dataset}: PSNR vs bits", "weight/activation bits", "PSNR (dB, Y)",
-                                      series, hlines, x_ticks=ticks or None, colors=colors))
+                                      series, hlines, x_ticks=ticks or None, y_range=psnr_limits(values),
+                                      note=tie_note([r["psnr"] for r in quantized])))
 
 
 def _measured_size(record: dict) -> int | None:
     return next((record[f] for f in MEASURED_SIZE_FIELDS if record.get(f)), None)
 
 
-def _size_chart(records: list[dict], dataset: str, colors: dict[str, str]) -> str:
+def _size_chart(records: list[dict], dataset: str, styles: Styles) -> str:
+    """Filled markers: the cost model's size; hollow: the measured file. The legend names each method once and
+    says what filled and hollow mean, as `bench plot`'s figure does."""
     mine = [r for r in records if r.get("psnr") is not None and r.get("model_size_bytes")]
-    series = []
-    for label in dict.fromkeys(r["label"] for r in mine):
-        members = [r for r in mine if r["label"] == label]
-        name = _name(members[0])
+    series, legend = [], []
+    by_label = _group_by(mine, lambda r: r["label"])
+    for label in sorted(by_label, key=lambda label: is_quantized(by_label[label][0])):  # FP first
+        members = by_label[label]
+        name, style = _name(members[0]), styles.of(label)
+        legend.append(svg.LegendEntry(name, style.colour, style.marker))
         series.append(svg.Series(name, [svg.Point(r["model_size_bytes"] / 1e6, r["psnr"],
                                                   _tip(r, f"size {r['model_size_bytes'] / 1e6:.3f} MB (cost model)"))
-                                        for r in members]))
+                                        for r in members], style.colour, style.marker))
         measured = [r for r in members if _measured_size(r)]
         if measured:
             series.append(svg.Series(f"{name} (measured)", [svg.Point(
                 _measured_size(r) / 1e6, r["psnr"], _tip(r, f"size {_measured_size(r) / 1e6:.3f} MB (measured file)"))
-                for r in measured], hollow=True))
-    colors = {**colors, **{f"{name} (measured)": color for name, color in colors.items()}}
+                for r in measured], style.colour, style.marker, hollow=True))
+    legend.append(svg.LegendEntry("filled: cost model size", "#696969", "o"))
+    if any(s.hollow for s in series):
+        legend.append(svg.LegendEntry("hollow: measured packed file", "#696969", "o", hollow=True))
     return svg.render_chart(svg.Chart(f"{dataset}: PSNR vs model size", "model size (MB)", "PSNR (dB, Y)", series,
-                                      colors=colors))
+                                      y_range=psnr_limits([r["psnr"] for r in mine]), legend=legend,
+                                      note=tie_note([r["psnr"] for r in mine if is_quantized(r)])))
 
 
 def _charts(records: list[dict]) -> str:
+    """The charts `bench plot` draws, with the same rules: one colour and marker per method (bench.runner.style),
+    a PSNR axis of at least MIN_PSNR_SPAN_DB, a note when methods tie, and no chart of a single x value."""
     parts = []
-    groups = _group_by((r for r in records if r.get("status") == "ok"), lambda r: (r["model"], r["scale"]))
+    ok = [r for r in records if r.get("status") == "ok"]
+    styles = Styles(ok)
+    groups = _group_by(ok, lambda r: (r["model"], r["scale"]))
     for model, scale in sorted(groups):
         mine = groups[(model, scale)]
         by_dataset = _group_by(mine, _ds)
         has_measured = any(_measured_size(r) for r in mine)
-        # One colour per method in every chart of this model and scale: quantized methods first, as in the legend.
-        colors = svg.assign_colors([_name(r) for r in sorted(mine, key=lambda r: r["method"] in BASELINES)])
-        parts.append(f'<h3>{escape(model)} x{scale}</h3><div class="charts">'
-                     + "".join(_bits_chart(by_dataset[d], d, colors) + _size_chart(by_dataset[d], d, colors)
-                             for d in sorted(by_dataset)) + "</div>")
-        parts.append('<p class="note">Model size: the cost model (packed weights at their bit-width + FP rest + '
-                     'quantizer parameters), filled markers' + ("; measured file sizes, hollow markers." if has_measured
-                                                              else "; no measured file size is recorded in this run.")
-                     + " Hover a point for its values.</p>")
+        skipped = skipped_charts(mine, model, scale)
+        charts = "".join(("" if "bits" in skipped else _bits_chart(by_dataset[d], d, styles))
+                         + ("" if "size" in skipped else _size_chart(by_dataset[d], d, styles))
+                         for d in sorted(by_dataset))
+        parts.append(f'<h3>{escape(model)} x{scale}</h3>' + (f'<div class="charts">{charts}</div>' if charts else ""))
+        notes = [f"{reason}; a chart needs two or more." for reason in skipped.values()]
+        if "size" not in skipped:
+            notes.append("Model size: the cost model (packed weights at their bit-width + FP rest + quantizer "
+                         "parameters), filled markers" + ("; measured file sizes, hollow markers." if has_measured
+                                                          else "; no measured file size is recorded in this run."))
+        if charts:
+            notes.append(f"PSNR axes span at least {MIN_PSNR_SPAN_DB} dB; methods within {TIE_DB} dB are marked "
+                         f"as not a ranking. Hover a point for its values.")
+        parts.append("".join(f'<p class="note">{escape(note)}</p>' for note in notes))
     return "".join(parts) or '<p class="note">No successful cells: nothing to plot.</p>'
 
 
