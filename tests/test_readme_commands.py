@@ -19,6 +19,7 @@ import io
 import os
 import re
 import shlex
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,12 +159,14 @@ def plugins_loaded(paths: list[str]):
     from methods.registry import METHOD_REGISTRY
     from models.registry import MODEL_REGISTRY
     methods_before, models_before = dict(METHOD_REGISTRY), dict(MODEL_REGISTRY)
-    loaded_before = set(bench.plugins._LOADED)
+    loaded_before, bytecode_before = set(bench.plugins._LOADED), sys.dont_write_bytecode
+    sys.dont_write_bytecode = True  # no examples/__pycache__: the suite leaves the source tree as it found it
     try:
         for path in paths:
             bench.plugins.load_plugin(REPO / path)
         yield
     finally:
+        sys.dont_write_bytecode = bytecode_before
         for registry, before in ((METHOD_REGISTRY, methods_before), (MODEL_REGISTRY, models_before)):
             registry.clear()
             registry.update(before)
