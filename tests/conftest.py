@@ -1,15 +1,20 @@
 """Shared fixtures. Real-data tests read the shared reference folder (CI always has it); without it they skip
 with a reason that says what the folder holds and how to provide it.
 
-Isolation: no test reads or writes the user's cache. `$BENCH_CACHE` and `$TORCH_HOME` point into pytest's
-temporary folder for the whole session, set before the first fixture of any scope runs (a module-scoped
-fixture used to run before a function-scoped override and fill the user's cache). At the end of the
-session the user's cache, the default data root and the results folder are compared with their state at
-the start; any change fails the session, naming the paths.
+Isolation: the tests write only inside pytest's temporary folder. At session start, before collection imports any
+test module, every cache and temporary folder the suite's libraries use is pointed into it (`SESSION_FOLDERS`:
+the project's cache, torch's, ~/.cache through XDG_CACHE_HOME (onnxruntime's device id, matplotlib's font list),
+numba's kernels, torch.compile's, Ray's session folders and $TMPDIR itself); subprocesses inherit them. At the end
+the user's places are compared with their state at the start, and any change fails the session, naming the paths
+(`isolation_changes`).
 """
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 from bench.threads import prepare_runtime
@@ -24,12 +29,12 @@ SHARED = Path(os.environ.get("BENCH_SHARED", REPO.parent / "shared"))
 SHARED_CONTENT = ("the standard SR test sets (data/benchmark: Set5, Set14, B100, Urban100/Manga109 subsets), "
                   "HR training images (data/train: T91, BSD200) and official checkpoints (weights/: IMDN, CARN-M, "
                   "NTIRE 2022 ESR)")
-# The user's folders as they were before any test changed the environment.
+# The user's places, read when this file is imported: before the session changes the environment.
+HOME_CACHE = Path.home() / ".cache"
+USER_XDG_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or HOME_CACHE).expanduser()
 USER_CACHE = Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "sr-ptq-bench").expanduser()
 USER_DATA_ROOT = Path(os.environ.get("BENCH_DATA_ROOT") or REPO / "datasets").expanduser()
-# Checked for writes at the end of the session (the results folder is not: `bench run` writes it by design,
-# and another process on the machine may be running one).
-USER_FOLDERS = tuple(dict.fromkeys([USER_CACHE, USER_DATA_ROOT, REPO / "datasets", SHARED]))
+USER_TMP = Path(tempfile.gettempdir())
 
 # The CI machine has 2 cores. BENCH_TEST_THREADS=1 when the CPU is shared with another job: oversubscribed
 # OpenMP threads slow inference down by an order of magnitude.
@@ -73,15 +78,38 @@ def weights_dir(shared_dir) -> Path:
 
 # ------------------------------------------------------------------------------------------- isolation
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    # Session-scoped and autouse: set up before any module- or function-scoped fixture. One cache per test
-    # session keeps generated LR and calibration batches reusable across tests.
-    base = tmp_path_factory.getbasetemp()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BENCH_CACHE", str(base / "bench-cache"))
-        patch.setenv("TORCH_HOME", str(base / "torch-home"))
-        yield
+# Environment variable -> folder under pytest's basetemp, for the whole session (set in pytest_sessionstart).
+SESSION_FOLDERS = {
+    "BENCH_CACHE": "bench-cache",                 # generated LR, calibration batches, sample sets, downloads
+    "TORCH_HOME": "torch-home",                   # torch.hub / torchvision downloads
+    "XDG_CACHE_HOME": "xdg-cache",                # ~/.cache: onnxruntime's Microsoft/DeveloperTools, pip, HF, numba's
+    "MPLCONFIGDIR": "matplotlib",                 # matplotlib's config and font list (~/.config, ~/.cache/matplotlib)
+    "NUMBA_CACHE_DIR": "numba-cache",             # numba's cache=True kernels (else bench/quant/__pycache__/*.nbi|nbc)
+    "TORCHINDUCTOR_CACHE_DIR": "inductor-cache",  # torch.compile (else $TMPDIR/torchinductor_<user>)
+    "TRITON_CACHE_DIR": "triton-cache",           # torch.compile on a GPU (else ~/.triton)
+    "TMPDIR": "tmp",                              # tempfile in this process and in subprocesses; Ray's default
+    "RAY_TMPDIR": "tmp",                          # Ray's session folders (<dir>/ray/session_*), before TMPDIR
+}
+# Entries of the user's $TMPDIR that the suite's libraries make when a redirect above is lost. Only these names are
+# checked there: other processes on the machine (other test sessions, `bench` runs) create and delete entries in
+# /tmp all the time, so a comparison of the whole folder would fail on their work. A folder of these names that
+# already existed is not compared either (another process may be writing into it); on a fresh machine (CI) none
+# exists, and a lost redirect makes one.
+TMP_OFFENDERS = ("ray", "ray_*", "ray-*", "torchinductor_*", "numba*", "onnx*", "triton*")
+NO_CHECK_ENV = "BENCH_TEST_NO_ISOLATION_CHECK"  # 1: no check; or some of cache,tmp,source,shared (comma-separated)
+AREAS = ("cache", "tmp", "source", "shared")
+
+
+def _within(path: Path, folders) -> bool:
+    return any(path == folder or path.is_relative_to(folder) for folder in folders)
+
+
+def watched_folders() -> dict[str, list[Path]]:
+    """Area -> folders compared file by file. The source tree is compared separately (`_source_digests`)."""
+    caches = list(dict.fromkeys([HOME_CACHE, USER_XDG_CACHE]))
+    caches += [USER_CACHE] if not _within(USER_CACHE, caches) else []
+    shared = [SHARED] + ([USER_DATA_ROOT] if not _within(USER_DATA_ROOT, [REPO]) else [])
+    return {"cache": caches, "shared": shared}
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -99,33 +127,122 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def pytest_sessionstart(session) -> None:
-    session.config._user_folders_before = {str(f): _snapshot(f) for f in USER_FOLDERS}
+def _source_digests(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, str]:
+    """sha256 of every file of the source tree, tracked or not, except .git and Python bytecode (*.pyc): compiled
+    on import by design. By content, so an editor that saves an unchanged file is no change; numba's cache files
+    (*.nbi, *.nbc, also in __pycache__) are compared like any other file."""
+    found = {}
+    for folder, subfolders, files in os.walk(root):
+        here = Path(folder)
+        subfolders[:] = [name for name in subfolders if name != ".git" and here / name not in skip]
+        for name in files:
+            if name.endswith(".pyc"):
+                continue
+            try:
+                found[str(here / name)] = hashlib.sha256((here / name).read_bytes()).hexdigest()
+            except OSError:
+                continue
+    return found
 
 
-def user_folder_changes(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
+def _tmp_offenders(tmp: Path) -> set[str]:
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return set()
+    return {name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in TMP_OFFENDERS)}
+
+
+def user_places(skip_in_source: tuple[Path, ...] = ()) -> dict[str, dict]:
+    """The state of every place the session must not change: area -> {folder: {file: state}}."""
+    places = {area: {str(f): _snapshot(f) for f in folders} for area, folders in watched_folders().items()}
+    places["source"] = {str(REPO): _source_digests(REPO, skip_in_source)}
+    places["tmp"] = {str(USER_TMP): {str(USER_TMP / name): "exists" for name in _tmp_offenders(USER_TMP)}}
+    return places
+
+
+def user_folder_changes(before: dict[str, dict], after: dict[str, dict], report_deleted: bool = True) -> list[str]:
     changes = []
     for folder, files in before.items():
         now = after.get(folder, {})
         changes += [f"{p} (written)" for p in sorted(set(now) - set(files))]
-        changes += [f"{p} (deleted)" for p in sorted(set(files) - set(now))]
+        changes += [f"{p} (deleted)" for p in sorted(set(files) - set(now))] if report_deleted else []
         changes += [f"{p} (modified)" for p in sorted(set(files) & set(now)) if files[p] != now[p]]
     return changes
 
 
-NO_CHECK_ENV = "BENCH_TEST_NO_ISOLATION_CHECK"  # =1 where other processes share the cache during the suite
+def isolation_changes(before: dict[str, dict], after: dict[str, dict], skip: set[str] = frozenset()) -> list[str]:
+    """What changed in the user's places, area by area (`skip`: areas not compared). In $TMPDIR only new offender
+    entries count: one that another process removed meanwhile is not the session's doing."""
+    changes = []
+    for area in AREAS:
+        if area not in skip and area in before:
+            changes += user_folder_changes(before[area], after.get(area, {}), report_deleted=area != "tmp")
+    return changes
+
+
+def skipped_areas(value: str | None) -> set[str] | None:
+    """Areas the user turned the check off for (None: all of them)."""
+    if not value or value == "0":
+        return set()
+    if value == "1":
+        return None
+    return {area.strip() for area in value.split(",")}
+
+
+def _skip_in_source(config) -> tuple[Path, ...]:
+    # pytest's own folders when they are inside the tree: --basetemp=./tmp, or the cache provider turned back on.
+    skip = [Path(config._tmp_path_factory.getbasetemp()).resolve()]
+    if config.pluginmanager.has_plugin("cacheprovider"):
+        skip.append((REPO / ".pytest_cache").resolve())
+    return tuple(skip)
+
+
+def redirect_session_folders(base: Path) -> pytest.MonkeyPatch:
+    patch = pytest.MonkeyPatch()
+    for name, folder in SESSION_FOLDERS.items():
+        (base / folder).mkdir(exist_ok=True)
+        patch.setenv(name, str(base / folder))
+    patch.setattr(tempfile, "tempdir", str(base / SESSION_FOLDERS["TMPDIR"]))  # gettempdir() keeps its first answer
+    if "numba" in sys.modules:  # numba reads its cache folder once, when imported
+        import numba.core.config
+        numba.core.config.reload_config()
+    return patch
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session) -> None:
+    # Before collection: test modules import numba (which reads NUMBA_CACHE_DIR then), and module-scoped fixtures
+    # run before function-scoped ones (one used to fill the user's cache).
+    config = session.config
+    config._user_places_before = user_places(_skip_in_source(config))
+    config._benchmarks_existed = (REPO / ".benchmarks").exists()
+    config._session_folders = redirect_session_folders(config._tmp_path_factory.getbasetemp())
+
+
+def pytest_unconfigure(config) -> None:
+    patch = getattr(config, "_session_folders", None)
+    if patch is not None:
+        patch.undo()
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    before = getattr(session.config, "_user_folders_before", None)
-    if before is None or os.environ.get(NO_CHECK_ENV) == "1":
+    config = session.config
+    before = getattr(config, "_user_places_before", None)
+    if not getattr(config, "_benchmarks_existed", True):
+        try:  # pytest-benchmark makes its (empty) storage folder in the current directory at start, even when skipped
+            (REPO / ".benchmarks").rmdir()
+        except OSError:
+            pass
+    skip = skipped_areas(os.environ.get(NO_CHECK_ENV))
+    if before is None or skip is None:
         return
-    changes = user_folder_changes(before, {f: _snapshot(Path(f)) for f in before})
+    changes = isolation_changes(before, user_places(_skip_in_source(config)), skip)
     if changes:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
         message = (f"tests changed {len(changes)} file(s) outside their temporary folders, e.g. "
                    f"{'; '.join(changes[:5])} (if another process on this machine wrote them, rerun with "
-                   f"{NO_CHECK_ENV}=1)")
+                   f"{NO_CHECK_ENV}=1, or skip only some of {','.join(AREAS)}: {NO_CHECK_ENV}=source)")
         if reporter is not None:
             reporter.write_line(f"ERROR: {message}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

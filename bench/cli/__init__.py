@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 
+from bench.cli.checkout import other_checkout_note
 from bench.errors import BenchError
 
 # One module per command group; a module that is not written yet is skipped.
@@ -53,10 +54,25 @@ def _preload_plugins(argv: list[str]) -> None:
             load_plugin(arg.split("=", 1)[1])
 
 
+def _interrupted(args: argparse.Namespace | None, argv: list[str]) -> str:
+    # A command that leaves resumable work behind (`bench run`) says where it is and how to go on.
+    hint = getattr(args, "on_interrupt", None)
+    if hint is not None:
+        try:
+            return hint(args, argv)
+        except Exception:  # the hint must never hide the interrupt
+            pass
+    return "bench: interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.threads import prepare_runtime
     prepare_runtime()  # before anything imports torch
     argv = list(sys.argv[1:] if argv is None else argv)
+    note = other_checkout_note()
+    if note:
+        print(note, file=sys.stderr)
+    args = None
     try:
         _preload_plugins(argv)
         parser = build_parser()
@@ -66,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bench: interrupted; results written so far are kept", file=sys.stderr)
+        print(_interrupted(args, argv), file=sys.stderr)
         return 130
 
 

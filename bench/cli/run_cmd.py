@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from pathlib import Path
 
 from tabulate import tabulate
@@ -42,7 +43,7 @@ def register(subparsers) -> None:
                      help="at the end, print the size/latency table under the PSNR/SSIM table, as `bench table` "
                           "does (default: the main table alone, as `bench table --no-deployment`)")
     _add_executor_args(run)
-    run.set_defaults(func=run_command)
+    run.set_defaults(func=run_command, on_interrupt=interrupted_run)
 
     results = subparsers.add_parser("results", help="list benchmark runs: cells done / planned, errors, state")
     results.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -100,6 +101,21 @@ def run_command(args: argparse.Namespace) -> int:
     print(stats.summary() + (f"; {len(stats.skipped)} entries skipped (listed above)" if stats.skipped else ""))
     print("\n" + run_ending(options.out, run_argument(options.out), args.deployment), end="")
     return 1 if stats.errors else 0
+
+
+def interrupted_run(args: argparse.Namespace, argv: list[str]) -> str:
+    """What Ctrl-C during `bench run` prints: the run folder that keeps the finished cells, and the command that
+    resumes the run (this one again, from this directory; finished cells are skipped)."""
+    from bench.runner.matrix import load_matrix
+
+    out = (args.out or Path("results") / load_matrix(args.matrix).name).resolve()
+    resume = shlex.join(["bench", *(arg for arg in argv if arg != "--force")])
+    lines = [f"bench: interrupted; the cells finished so far are kept in {out}",
+             f"bench: resume with: cd {shlex.quote(os.getcwd())} && {resume}"]
+    if "--force" in argv:
+        lines.append("bench: (--force left out: it would recompute the cells this run finished; selected cells it "
+                     "had not reached keep their earlier records, add --force again to recompute them too)")
+    return "\n".join(lines)
 
 
 def results_command(args: argparse.Namespace) -> int:
