@@ -3,10 +3,12 @@ alike by `bench table` (md, LaTeX, csv), the significance tests and the HTML rep
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from bench.report.significance import compare_to_best
+from bench.runner.records import read_records
 from bench.runner.tables import build_tables, render
 from bench.runner.winners import PSNR_MARGIN, SSIM_MARGIN, decide
 
@@ -122,3 +124,15 @@ def test_a_significant_test_decides_a_psnr_lead_within_the_margin(tmp_path):
     assert _rows(tested)["2DQuant"] == ["**32.63**", "0.9310"]     # the test decides PSNR, not SSIM
     assert "Tie: 4-bit sample SSIM (lead 0.0000)." in tested
     assert {c.label: c for c in compare_to_best(records)}["2dquant"].p_text() == "best"
+
+
+def test_the_committed_demo_run_ties_on_swinir_light_and_bolds_2dquant_on_fsrcnn():
+    records = read_records(Path(__file__).resolve().parents[1] / "results" / "reference" / "demo-run" / "records.jsonl")
+    fsrcnn, swinir = render(build_tables(records, deployment=False), "md").split("### swinir-light x2")
+    assert "| 2DQuant (50 DQC steps)       | 4      | **24.89**     | **0.5822**    |" in fsrcnn  # 2.57 dB over DOBI
+    assert fsrcnn.count("**") == 4 and "Tie:" not in fsrcnn
+    # Every method prints 32.61 dB; 2DQuant's SSIM 0.9311 is one printed step over 0.9310: no bold, a tie.
+    assert "**" not in swinir and "Tie: 4-bit sample PSNR (lead 0.00 dB); 4-bit sample SSIM (lead 0.0001)." in swinir
+    tests = {(c.model, c.label): c for c in compare_to_best(records)}
+    assert tests[("swinir-light", "2dquant-tiny")].p_text() == "tie"
+    assert tests[("fsrcnn", "2dquant-tiny")].p_text() == "best"
