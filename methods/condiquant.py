@@ -22,6 +22,11 @@ Where the paper's text is silent, these are our choices (docs/transformer-method
 form of R, rho, the iteration count, the restore step and `tol`, one calibration forward for all layers (the FP
 inputs), and linear layers only: the paper transforms SwinIR-light's linear layers (its convolutions stay FP).
 A model whose quantized layers hold no nn.Linear is refused by name.
+
+Paper / official code / this project: Kai-Liu001/CondiQuant holds the README and figures only; its code was never
+released (checked for issue 26), so this is the paper's idea in this project's own reading (above), with no
+official code to measure against. The paper's Table 3 numbers in results/reference/condiquant-table3.csv match
+the repository README's table.
 """
 from __future__ import annotations
 

@@ -17,6 +17,11 @@ It differs from DOBI by shrinking both ends toward 0 by a common factor and by t
 The scores come from the core's sorted range search (bench.quant.range_search, exact sums with the fake-quant's own
 float32 rounding; all output channels of a per-channel weight at once), or with `search="brute"` from every
 candidate on every element (the test oracle); both give the same candidate.
+
+Paper / official code / this project: "EMMSE" is defined neither in the 2DQuant paper nor in its code (spec §4.3,
+D15); this project follows MQBench's EMAMSEObserver (the nearest established definition, its code read for the
+candidate set, the integer zero point and the EMA), so its numbers are this project's definition, not a
+reproduction of the paper's EMMSE row; there is no official code to measure a difference against.
 """
 from __future__ import annotations
 

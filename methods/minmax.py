@@ -2,6 +2,10 @@
 
 Weights: min/max of the weight tensor (per output channel for per-channel weight quantizers).
 This is also the initialisation of "DQC only" in the 2DQuant paper's ablation (Table 4c).
+
+Paper / official code / this project: the paper's rule (spec §4.1; 2DQuant Table 4c's "no DOBI, no DQC" row, equal
+to its Table 3 MinMax row) and the 2DQuant code's initialisation of "DQC only" are the same min/max; there is no
+separate official MinMax code (spec D14). This project = the paper, nothing differs, nothing to measure.
 """
 from __future__ import annotations
 

@@ -8,6 +8,11 @@ refuses tensors above 16M elements and the attention maps have 50M.
 
 The paper does not state p (spec D14); default p = 1e-4 (0.01% / 99.99%), recorded in the results.
 Weights use min/max by default (`weights="minmax"`), or the same percentiles (`weights="percentile"`).
+
+Paper / official code / this project: the paper names Percentile (FQN, Li et al. 2019) without a value and the
+2DQuant code has none (spec §4.2, D14), so there is no official code to match. p = 1e-4 is this project's choice
+(the clipped mass of PTQ4SR's released DBDC code below 8 bits), weights min/max by default; both recorded. The
+effect of p against the paper's unknown value cannot be measured.
 """
 from __future__ import annotations
 

@@ -22,6 +22,13 @@ Bounds that cross during Pac are repaired (`methods.finetune.KeepOrdered`, count
 
 Deviation from the release: the model stays in eval() (the release calls train(), which turns SwinIR's
 DropPath on).
+
+Paper / official code / this project: follows the released code (spec §4.4, D16): DBDC's effective p, the LSQ
+gradient factor, the phase learning rates, and the detached feature term (`pa_grad=False`; `pa_grad=True` is the
+paper's intent). Departures: eval() mode (the release's train() turns SwinIR's DropPath on), augmented LR patches
+from the training folder (the release: un-augmented 192-HR crops), and on SwinIR the feature taps are the 4 RSTB
+groups (the 2DQuant paper reran PTQ4SR on SwinIR without saying which, D17). The released code does not run as
+released (D16), so none of these differences could be measured against it.
 """
 from __future__ import annotations
 

@@ -27,6 +27,12 @@ loss, the quantity the paper's approximation stands for. The FP forward/backward
 with every quantizer off (the code's parallel calibration: each layer is searched against FP neighbours), and
 keeps, per layer, `rows` random token rows of a Linear (input, output, gradient) or `slices` random
 (window, head) matrices of a BMM, on which the candidates are scored.
+
+Paper / official code / this project (hahnyuan/PTQ4ViT, issue 26): with the same gradient and rows the scale search
+equals the official one to 1e-8. Twin-uniform follows the paper; the official post-softmax code adds the split to
+every value above it (a bug, not reproduced). The official KL gradient is exactly zero (hahnyuan/PTQ4ViT#23), so
+the Gauss-Newton estimate above replaces it. The `rows` = 2,048 sampled token rows (the official code scores every
+row) move the 6-bit activation alpha in 2 of 3 seeds, output MSE +0.6 to +1 %.
 """
 from __future__ import annotations
 

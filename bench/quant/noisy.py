@@ -7,7 +7,7 @@ the quantizer removes W N through its bias (a method rewrites it with `surgery.r
 model with the quantizers turned off stays the FP model, and a range rule observing the input sees x + N,
 the tensor the quantizer will round. Without an offset (N empty) the type is the plain uniform quantizer.
 
-This is the mechanism of NoisyQuant's fixed noisy bias (methods/noisyquant.py) but knows no method: any
+This is the mechanism of NoisyQuant's noisy bias, searched or fixed (methods/noisyquant.py), but knows no method: any
 per-channel shift of a quantizer's input that the next linear map absorbs can use it.
 """
 from __future__ import annotations
