@@ -122,3 +122,84 @@ def test_full_matrix_takes_official_checkpoints_only_unless_asked(tmp_path, benc
                                                                      "all_models_weights: shipped"))
     with pytest.raises(ConfigError, match="all_models_weights"):
         load_matrix(bad)
+
+
+# ------------------------------------------------------------------------------------------------ blocks
+
+BLOCKS = """\
+name: blocks
+models:
+  - {name: imdn, scales: [2, 4], weights: official}
+datasets: [Set5, Set14]
+calibration: {n: 2, patch: 24, seed: 0}
+blocks:
+  - bits: [4]
+    baselines: [fp]
+    methods: [minmax, {name: ptq4sr, label: ptq4sr-250, params: {iters: 250}}]
+  - models: [{name: imdn, scales: [2], weights: official}]
+    datasets: [Set5]
+    bits: [2]
+    methods: [minmax, {name: ptq4sr, label: ptq4sr-100, params: {iters: 100}}]
+"""
+
+
+def _matrix(tmp_path, text: str):
+    path = tmp_path / "m.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_matrix(path)
+
+
+def test_blocks_are_the_union_of_their_cells_with_the_top_level_as_defaults(tmp_path):
+    from bench.runner.tasks import make_tasks
+    matrix = _matrix(tmp_path, BLOCKS)
+    keys = [c.key for c in make_plan(matrix, {}, None, None).cells]
+    block_one = [f"imdn/x{s}/{m}/{b}/{d}" for s in (2, 4)
+                 for m, b in (("fp", "FP"), ("minmax", "W4A4"), ('ptq4sr-250{"iters":250}', "W4A4"))
+                 for d in ("Set5", "Set14")]
+    assert keys == block_one + ["imdn/x2/minmax/W2A2/Set5", 'imdn/x2/ptq4sr-100{"iters":100}/W2A2/Set5']
+    # The x2 model of both blocks is one spec: one FP model and one task per calibration, as in a plain matrix.
+    cells = make_plan(matrix, {}, None, None).cells
+    assert len({c.model for c in cells}) == 1
+    tasks = make_tasks(cells, {c: "f" for c in cells})
+    assert [len(t.cells) for t in tasks] == [2, 2, 2, 2, 2, 2, 1, 1]
+    # --only slices across blocks
+    only = make_plan(matrix, {"method": {"minmax"}, "dataset": {"Set5"}, "scale": {"2"}}, None, None).cells
+    assert [c.key for c in only] == ["imdn/x2/minmax/W4A4/Set5", "imdn/x2/minmax/W2A2/Set5"]
+
+
+def test_a_cell_two_blocks_both_give_is_run_once(tmp_path):
+    text = BLOCKS.replace("    bits: [2]\n", "    bits: [2]\n    baselines: [fp]\n")
+    keys = [c.key for c in make_plan(_matrix(tmp_path, text), {}, None, None).cells]
+    assert keys.count("imdn/x2/fp/FP/Set5") == 1 and len(keys) == 14
+
+
+@pytest.mark.parametrize("edit, message", [
+    # one label, two sets of params: tables show one row per label and bits
+    (("label: ptq4sr-100", "label: ptq4sr-250"),
+     "label 'ptq4sr-250' in `blocks[1].methods` names ptq4sr {\"iters\":100}, but blocks[0] gives it ptq4sr "
+     "{\"iters\":250}; give each variant its own label"),
+    (("    bits: [2]\n", "    bits: [2]\n    calibration: {n: 4}\n"),
+     "unknown key 'calibration' in blocks[1] (matrix-wide settings such as calibration stay at the top level)"),
+    (("    bits: [2]\n", "    bits: [9]\n"), "bad bits 9 in `blocks[1].bits`"),
+    (("  - models: [{name: imdn, scales: [2], weights: official}]",
+      "  - models: [{name: imdn, scales: [2], weights: official, scope: fp-edges}]"),
+     "two entries give imdn x2 other settings (cell imdn/x2/fp/FP/Set5: weights official, scope auto vs cell "
+     "imdn/x2/minmax/W2A2/Set5: weights official, scope fp-edges)"),
+    (("blocks:\n", "blocks: []\nunused:\n"), "unknown key 'unused' in the matrix"),
+])
+def test_block_mistakes_are_one_line_naming_the_entry(tmp_path, edit, message):
+    text = BLOCKS.replace(*edit)
+    assert text != BLOCKS
+    with pytest.raises(ConfigError) as info:
+        make_plan(_matrix(tmp_path, text), {}, None, None)
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_one_model_twice_with_two_scopes_is_refused_not_merged(tmp_path):
+    # Without blocks too: the cell key names the model, not its scope, so the two would overwrite each other.
+    text = ("models:\n  - {name: imdn, scales: [2], weights: official, scope: ptq4sr}\n"
+            "  - {name: imdn, scales: [2], weights: official, scope: fp-edges}\n"
+            "datasets: [Set5]\nbits: [8]\nmethods: [minmax]\n")
+    with pytest.raises(ConfigError, match="two entries give imdn x2 other settings .*scope ptq4sr vs cell "
+                                          "imdn/x2/minmax/W8A8/Set5: weights official, scope fp-edges"):
+        make_plan(_matrix(tmp_path, text), {}, None, None)

@@ -312,3 +312,43 @@ def test_smoke_matrix_and_reports(tmp_path, benchmark_root, weights_dir, train_r
         from bench.runner.rundir import find_run
         from bench.runner.visual import Crop, build_panels
         build_panels(find_run("smoke", results_dir), "nosuch", Crop(0, 0, 8, 8), data_root=benchmark_root)
+
+
+# ------------------------------------------------------------------------------- an edited matrix, one folder
+
+GROW = """\
+name: grow
+models: [{name: fsrcnn, scales: [2], weights: shipped}]
+datasets: [{name: sample, crop: 24, max_images: 2}]
+bits: [4]
+methods: [minmax]
+baselines: [fp]
+calibration: {n: 2, patch: 24, seed: 0, train_dir: sample-train}
+latency: {runs: 0}
+cost: {lr_size: 16}
+"""
+
+
+def test_adding_a_method_to_a_matrix_appends_its_cells_to_the_run(tmp_path):
+    from bench.runner.rundir import RunDir, run_summary
+    path, out, notes = tmp_path / "grow.yaml", tmp_path / "run", []
+    path.write_text(GROW, encoding="utf-8")
+    run_matrix(load_matrix(path), RunOptions(out=out, progress=False, announce=notes.append))
+    before = read_records(out / "records.jsonl")
+    assert [r["key"] for r in before] == ["fsrcnn/x2/fp/FP/sample[crop24,n2]", "fsrcnn/x2/minmax/W4A4/sample[crop24,n2]"]
+
+    path.write_text(GROW.replace("methods: [minmax]", "methods: [minmax, percentile]"), encoding="utf-8")
+    stats = run_matrix(load_matrix(path), RunOptions(out=out, progress=False, announce=notes.append))
+    after = read_records(out / "records.jsonl")
+    assert stats.already_done == 2 and stats.computed_keys == ["fsrcnn/x2/percentile/W4A4/sample[crop24,n2]"]
+    assert after[:2] == before and len(after) == 3  # the earlier records are untouched
+    summary = run_summary(RunDir(out))
+    assert (summary["planned"], summary["done"], summary["state"]) == (3, 3, "finished") and notes == []
+
+    # Taking the method out again computes nothing and says what happens to its record.
+    path.write_text(GROW, encoding="utf-8")
+    stats = run_matrix(load_matrix(path), RunOptions(out=out, progress=False, announce=notes.append))
+    assert stats.computed == 0 and len(read_records(out / "records.jsonl")) == 3
+    assert run_summary(RunDir(out))["planned"] == 2
+    assert len(notes) == 1 and "1 recorded cell(s) the matrix no longer names (e.g. fsrcnn/x2/percentile/W4A4/" \
+                                "sample[crop24,n2]) stay in records.jsonl" in notes[0]

@@ -85,6 +85,31 @@ def expand_cells(models: Iterable[tuple[ModelSpec, int]], datasets: Iterable[Dat
     return cells
 
 
+def merge_block_cells(blocks: Iterable[list[Cell]], matrix_path: object = "the matrix") -> list[Cell]:
+    """The cells of several blocks, in order, each key once. A model or method spelled in several entries
+    (other scales, other per-method bits) becomes one spec, so that one FP model and one calibration still
+    serve all its cells. A model at one scale with two weights or scopes is a ConfigError: cell keys, tables
+    and the calibration cache name the model and scale only, so its cells could not be told apart."""
+    models: dict[tuple, ModelSpec] = {}
+    methods: dict[tuple, MethodSpec] = {}
+    settings: dict[tuple[str, int], tuple[Cell, ModelSpec]] = {}
+    merged: dict[str, Cell] = {}
+    for cells in blocks:
+        for cell in cells:
+            model = models.setdefault((cell.model.name, cell.model.weights, cell.model.scope), cell.model)
+            method = methods.setdefault((cell.method.name, cell.method.label, cell.method.params_json), cell.method)
+            cell = Cell(model, cell.scale, method, cell.bits, cell.dataset)
+            first, spec = settings.setdefault((model.name, cell.scale), (cell, model))
+            if spec is not model:
+                raise ConfigError(
+                    f"{matrix_path}: two entries give {model.name} x{cell.scale} other settings (cell {first.key}: "
+                    f"weights {spec.weights or 'default'}, scope {spec.scope} vs cell {cell.key}: weights "
+                    f"{model.weights or 'default'}, scope {model.scope}); a model has one weights and one scope per "
+                    f"scale in a matrix: compare weights or scopes in two matrices (or run folders)")
+            merged.setdefault(cell.key, cell)
+    return list(merged.values())
+
+
 _FILTER_KEYS = ("model", "scale", "method", "label", "bits", "w_bits", "a_bits", "dataset")
 
 

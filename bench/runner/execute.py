@@ -26,9 +26,9 @@ from bench.runner import provenance, stages
 from bench.runner.cells import BICUBIC, Cell
 from bench.runner.executors import ExecutorConfig, TaskFailed, open_executor
 from bench.runner.matrix import MatrixSpec
-from bench.runner.plan import Plan, make_plan
+from bench.runner.plan import Plan, make_plan, matrix_cells
 from bench.runner.records import STATUS_ERROR, STATUS_OK, CellRecord, RecordStore
-from bench.runner.rundir import RunDir, RunLock, record_plan, write_atomic
+from bench.runner.rundir import RunDir, RunLock, matrix_change_note, record_plan, write_atomic
 from bench.runner.tasks import Calibrated, CellDone, RecordedTimes, Task, longest_first, make_tasks
 
 
@@ -96,7 +96,7 @@ def run_matrix(matrix: MatrixSpec, options: RunOptions) -> RunStats:
             options.announce(f"skipped (not available): {note}")
         stats.total = len(work.plan.cells)
         stats.already_done = stats.total - len(work.pending)
-        _write_run_meta(run, matrix, [c.key for c in work.plan.cells])
+        _write_run_meta(run, matrix, [c.key for c in work.plan.cells], options.announce)
         if work.pending:
             _Driver(matrix, options, run, store, stats, work.fingerprints).execute(work.pending)
     stats.seconds = time.perf_counter() - start
@@ -122,9 +122,14 @@ def _finished(cell: Cell, fingerprint: str, latest: dict[str, dict], retry_error
     return record.get("status") == STATUS_OK or not retry_errors
 
 
-def _write_run_meta(run: RunDir, matrix: MatrixSpec, planned: list[str]) -> None:
+def _write_run_meta(run: RunDir, matrix: MatrixSpec, planned: list[str],
+                    announce: Callable[[str], None] | None = None) -> None:
     same = run.matrix_copy.is_file() and run.matrix_copy.read_bytes() == Path(matrix.path).read_bytes()
-    meta = record_plan(run.read_meta(), planned, same)  # `bench results` counts done / planned from it
+    matrix_keys = [] if same else [c.key for c in matrix_cells(matrix)]
+    note = None if same else matrix_change_note(run, matrix_keys)
+    if note and announce is not None:
+        announce(note)
+    meta = record_plan(run.read_meta(), planned, same, matrix_keys)  # `bench results` counts done / planned from it
     now = provenance.timestamp()
     meta.update({"name": matrix.name, "matrix_path": str(matrix.path), "last_started": now,
                  "git_commit": provenance.git_commit()})

@@ -25,6 +25,9 @@ Schema (every key but `models`, `datasets` and `methods`/`baselines` optional):
     save_images: false              # write every cell's SR outputs as PNG (for `bench visual`)
     seed: 0
     all_models_weights: official    # with `models: all`: which weights each model uses (official | default)
+    blocks:                         # optional: the cells are the union of these blocks' cells
+      - {methods: [minmax, dobi]}   # a block takes models, scales, datasets, bits, methods, baselines
+      - {models: [{name: imdn, scales: [2]}], datasets: [Set5], bits: [2], methods: [minmax], baselines: []}
 
 `weights`: omitted/"default" = the official file under `--weights-dir` if there, else the model's default
 weights (`models.create_model(weights=None)`: fetch cache, then the project's shipped weights); "official" =
@@ -32,6 +35,13 @@ the official checkpoint only (never the project's trained weights); "shipped" = 
 only (models/weights/); "random" = random init; otherwise a path
 (may contain `{scale}`), relative to `--weights-dir` if given.
 Every mistake raises a one-line ConfigError naming the file, the entry and the fix.
+
+Blocks: a table whose cells are not one product (W2A2 rows only at x2 on Set5, other datasets for one model) is
+one matrix with several `blocks`. Each block is a partial matrix: the keys it leaves out (models, scales,
+datasets, bits, methods, baselines) come from the top level, and the run's cells are the union of the blocks'
+cells, in block order (a cell two blocks both give is run once). Settings (calibration, eval, latency, cost,
+seed) are the matrix's, for every block. A method label means one method with one set of params in the whole
+matrix (tables show one row per label and bits), so a variant with other params needs its own label.
 """
 from __future__ import annotations
 
@@ -55,7 +65,9 @@ ALL = "all"
 FALLBACK_DATASETS = ("Set5", "Set14", "B100", "Urban100", "Manga109", "sample")
 
 _TOP_KEYS = {"name", "description", "models", "scales", "datasets", "bits", "methods", "baselines",
-             "calibration", "eval", "latency", "cost", "save_images", "seed", "all_models_weights"}
+             "calibration", "eval", "latency", "cost", "save_images", "seed", "all_models_weights", "blocks"}
+# What a block may set; everything else is a setting of the whole matrix.
+_BLOCK_KEYS = {"name", "models", "scales", "datasets", "bits", "methods", "baselines"}
 # `models: all` takes official checkpoints only unless asked: the project's CPU-trained (shipped) weights are not
 # mixed with official ones in one table by accident.
 ALL_MODELS_WEIGHTS = ("official", "default")
@@ -139,11 +151,24 @@ class CostSpec:
     lr_size: int = 128
 
 
+@dataclass(frozen=True)
+class BlockSpec:
+    """One product of cells: models x scales x datasets x (methods x bits, and the baselines)."""
+    name: str
+    models: tuple[ModelSpec, ...] | str = ()      # or ALL
+    datasets: tuple[DatasetSpec, ...] | str = ()  # or ALL
+    bits: tuple[Bits, ...] = (Bits(4, 4),)
+    methods: tuple[MethodSpec, ...] | str = ()    # or ALL
+    baselines: tuple[str, ...] = ()
+    default_scales: tuple[int, ...] | str | None = None
+
+
 @dataclass
 class MatrixSpec:
     name: str
     path: Path
     description: str = ""
+    # The cell keys below are the top level's; in a matrix with `blocks`, the first block's (cell_blocks() has all)
     models: tuple[ModelSpec, ...] | str = ()      # or ALL
     datasets: tuple[DatasetSpec, ...] | str = ()  # or ALL
     bits: tuple[Bits, ...] = (Bits(4, 4),)
@@ -157,11 +182,19 @@ class MatrixSpec:
     save_images: bool = False
     seed: int = 0
     all_models_weights: str = "official"
+    blocks: tuple[BlockSpec, ...] = ()            # empty: the top-level keys are the one block
+
+    def cell_blocks(self) -> tuple[BlockSpec, ...]:
+        """The blocks whose cells make up the run (the top level alone when the matrix has no `blocks`)."""
+        if self.blocks:
+            return self.blocks
+        return (BlockSpec(self.name, self.models, self.datasets, self.bits, self.methods, self.baselines,
+                          self.default_scales),)
 
     @property
     def expands_registries(self) -> bool:
         """True for matrices such as full.yaml, whose cells depend on what is registered and available."""
-        return ALL in (self.models, self.datasets, self.methods, self.default_scales)
+        return any(ALL in (b.models, b.datasets, b.methods, b.default_scales) for b in self.cell_blocks())
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -191,10 +224,11 @@ def resolve_matrix_path(name_or_path: str | Path) -> Path:
 
 
 def available_matrices() -> list[str]:
+    """Matrix names: file stems in `matrices/`, and `sub/stem` below it (reference/imdn-w4a4)."""
     names = set()
     for folder in MATRIX_DIRS:
         if folder.is_dir():
-            names.update(p.stem for p in folder.glob("*.yaml"))
+            names.update(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
     return sorted(names)
 
 
@@ -304,16 +338,16 @@ def _parse_scales(value: Any, check: _Checker, where: str) -> tuple[int, ...] | 
     return tuple(scales)
 
 
-def _parse_models(value: Any, check: _Checker, default_scales) -> tuple[ModelSpec, ...] | str:
+def _parse_models(value: Any, check: _Checker, default_scales, prefix: str = "") -> tuple[ModelSpec, ...] | str:
     from models.registry import MODEL_REGISTRY, get_entry
     _import_registries()
     if value == ALL:
         return ALL
     if value is None:
-        check.fail("`models` is missing; list model names (see `bench models list`) or write `models: all`")
+        check.fail(f"`{prefix}models` is missing; list model names (see `bench models list`) or write `models: all`")
     specs = []
-    for i, item in enumerate(check.list_of(value, "models")):
-        where = f"models[{i}]"
+    for i, item in enumerate(check.list_of(value, f"{prefix}models")):
+        where = f"{prefix}models[{i}]"
         if isinstance(item, str):
             item = {"name": item}
         item = check.mapping(item, where)
@@ -356,16 +390,16 @@ def known_datasets() -> tuple[str, ...]:
     return FALLBACK_DATASETS
 
 
-def _parse_datasets(value: Any, check: _Checker) -> tuple[DatasetSpec, ...] | str:
+def _parse_datasets(value: Any, check: _Checker, prefix: str = "") -> tuple[DatasetSpec, ...] | str:
     if value == ALL:
         return ALL
     if value is None:
-        check.fail("`datasets` is missing; list dataset names such as [Set5, Set14] or write `datasets: all`")
+        check.fail(f"`{prefix}datasets` is missing; list dataset names such as [Set5, Set14] or write `datasets: all`")
     known = known_datasets()
     by_lower = {name.lower(): name for name in known}
     specs = []
-    for i, item in enumerate(check.list_of(value, "datasets")):
-        where = f"datasets[{i}]"
+    for i, item in enumerate(check.list_of(value, f"{prefix}datasets")):
+        where = f"{prefix}datasets[{i}]"
         if isinstance(item, str):
             item = {"name": item}
         item = check.mapping(item, where)
@@ -382,7 +416,7 @@ def _parse_datasets(value: Any, check: _Checker) -> tuple[DatasetSpec, ...] | st
     return tuple(specs)
 
 
-def _parse_methods(value: Any, check: _Checker) -> tuple[MethodSpec, ...] | str:
+def _parse_methods(value: Any, check: _Checker, prefix: str = "") -> tuple[MethodSpec, ...] | str:
     from methods.registry import METHOD_REGISTRY, create_method
     _import_registries()
     if value == ALL:
@@ -390,8 +424,8 @@ def _parse_methods(value: Any, check: _Checker) -> tuple[MethodSpec, ...] | str:
     if value is None:
         return ()
     specs, labels = [], set()
-    for i, item in enumerate(check.list_of(value, "methods")):
-        where = f"methods[{i}]"
+    for i, item in enumerate(check.list_of(value, f"{prefix}methods")):
+        where = f"{prefix}methods[{i}]"
         if isinstance(item, str):
             item = {"name": item}
         item = check.mapping(item, where)
@@ -424,18 +458,54 @@ def _import_registries() -> None:
     import models  # noqa: F401
 
 
+def _parse_block(raw: dict, check: _Checker, name: str, prefix: str = "") -> BlockSpec:
+    """The cell keys of the top level, or of a block merged over the top level."""
+    default_scales = _parse_scales(raw.get("scales"), check, f"{prefix}scales")
+    bits = tuple(parse_bits(b, check, f"{prefix}bits")
+                 for b in check.list_of(raw.get("bits", [4]), f"{prefix}bits"))
+    baselines = tuple(check.list_of(raw.get("baselines", []) or [], f"{prefix}baselines"))
+    for baseline in baselines:
+        if baseline not in BASELINES:
+            check.fail(f"unknown baseline {baseline!r} in `{prefix}baselines`; use {', '.join(BASELINES)}")
+    methods = _parse_methods(raw.get("methods"), check, prefix)
+    if not methods and not baselines:
+        where = f"block `{prefix.rstrip('.')}`" if prefix else "the matrix"
+        check.fail(f"{where} has neither `methods` nor `baselines`; add at least one")
+    return BlockSpec(name, _parse_models(raw.get("models"), check, default_scales, prefix),
+                     _parse_datasets(raw.get("datasets"), check, prefix), bits, methods, baselines, default_scales)
+
+
+def _parse_blocks(raw: dict, check: _Checker) -> tuple[BlockSpec, ...]:
+    """Each block over the top level's cell keys; a label keeps one method and params across blocks."""
+    items = raw.get("blocks")
+    if items is None:
+        return ()
+    if not isinstance(items, list) or not items:
+        check.fail("`blocks` must be a non-empty list of mappings (each with some of "
+                   f"{', '.join(sorted(_BLOCK_KEYS))})")
+    inherited = {k: v for k, v in raw.items() if k in _BLOCK_KEYS - {"name"}}
+    blocks, seen = [], {}
+    for i, item in enumerate(items):
+        prefix = f"blocks[{i}]."
+        item = check.mapping(item, f"blocks[{i}]")
+        check.keys(item, _BLOCK_KEYS, f"blocks[{i}] (matrix-wide settings such as calibration stay at the top level)")
+        block = _parse_block({**inherited, **item}, check, str(item.get("name") or f"block {i}"), prefix)
+        for method in block.methods if block.methods != ALL else ():
+            first = seen.setdefault(method.label, (method.name, method.params_json, i))
+            if first[:2] != (method.name, method.params_json):
+                check.fail(f"label {method.label!r} in `{prefix}methods` names {method.name} "
+                           f"{method.params_json or '(defaults)'}, but blocks[{first[2]}] gives it {first[0]} "
+                           f"{first[1] or '(defaults)'}; give each variant its own label (tables show one row per label)")
+        blocks.append(block)
+    return tuple(blocks)
+
+
 def parse_matrix(raw: dict, path: Path) -> MatrixSpec:
     check = _Checker(path)
     check.keys(raw, _TOP_KEYS, "the matrix")
-    default_scales = _parse_scales(raw.get("scales"), check, "scales")
-    bits = tuple(parse_bits(b, check) for b in check.list_of(raw.get("bits", [4]), "bits"))
-    baselines = tuple(check.list_of(raw.get("baselines", []) or [], "baselines"))
-    for baseline in baselines:
-        if baseline not in BASELINES:
-            check.fail(f"unknown baseline {baseline!r} in `baselines`; use {', '.join(BASELINES)}")
-    methods = _parse_methods(raw.get("methods"), check)
-    if not methods and not baselines:
-        check.fail("the matrix has neither `methods` nor `baselines`; add at least one")
+    blocks = _parse_blocks(raw, check)
+    # With blocks, the top level only lends its keys to them: it need not be a whole block itself.
+    top = blocks[0] if blocks else _parse_block(raw, check, str(raw.get("name") or path.stem))
 
     calib = check.mapping(raw.get("calibration"), "calibration")
     check.keys(calib, {"n", "patch", "seed", "train_dir", "val"}, "calibration")
@@ -459,12 +529,12 @@ def parse_matrix(raw: dict, path: Path) -> MatrixSpec:
         name=str(raw.get("name") or path.stem),
         path=path,
         description=str(raw.get("description") or ""),
-        models=_parse_models(raw.get("models"), check, default_scales),
-        datasets=_parse_datasets(raw.get("datasets"), check),
-        bits=bits,
-        methods=methods,
-        baselines=baselines,
-        default_scales=default_scales,
+        models=top.models,
+        datasets=top.datasets,
+        bits=top.bits,
+        methods=top.methods,
+        baselines=top.baselines,
+        default_scales=top.default_scales,
         calibration=calibration,
         eval=EvalSpec(lpips=check.bool_value(ev.get("lpips", False), "eval.lpips")),
         latency=LatencySpec(runs=check.int_value(lat.get("runs", 3), "latency.runs", 0),
@@ -474,4 +544,5 @@ def parse_matrix(raw: dict, path: Path) -> MatrixSpec:
         save_images=check.bool_value(raw.get("save_images", False), "save_images"),
         seed=check.int_value(raw.get("seed", 0), "seed", 0),
         all_models_weights=_all_models_weights(raw.get("all_models_weights", "official"), check),
+        blocks=blocks,
     )

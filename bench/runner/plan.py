@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.runner.cells import Cell, expand_cells, select_cells
+from bench.runner.cells import Cell, expand_cells, merge_block_cells, select_cells
 from bench.runner.matrix import (
     ALL,
+    BlockSpec,
     DatasetSpec,
     MatrixSpec,
     MethodSpec,
@@ -27,51 +28,58 @@ class Plan:
     skipped: list[str] = field(default_factory=list)  # "model x4: <why>" for unavailable registry entries
 
 
-def _model_scales(spec: ModelSpec, matrix: MatrixSpec) -> tuple[int, ...]:
+def _model_scales(spec: ModelSpec, block: BlockSpec) -> tuple[int, ...]:
     from models.registry import get_entry
     registered = get_entry(spec.name).scales
     if spec.scales is not None:
         return spec.scales
-    if isinstance(matrix.default_scales, tuple):
-        return tuple(s for s in matrix.default_scales if s in registered)
+    if isinstance(block.default_scales, tuple):
+        return tuple(s for s in block.default_scales if s in registered)
     return registered
 
 
-def _models(matrix: MatrixSpec) -> list[ModelSpec]:
-    if matrix.models != ALL:
-        return list(matrix.models)
+def _models(block: BlockSpec, matrix: MatrixSpec) -> list[ModelSpec]:
+    if block.models != ALL:
+        return list(block.models)
     from models.registry import list_models
     weights = None if matrix.all_models_weights == "default" else matrix.all_models_weights
     return [ModelSpec(name, None, weights) for name in list_models()]
 
 
-def _datasets(matrix: MatrixSpec) -> list[DatasetSpec]:
-    if matrix.datasets != ALL:
-        return list(matrix.datasets)
+def _datasets(block: BlockSpec) -> list[DatasetSpec]:
+    if block.datasets != ALL:
+        return list(block.datasets)
     return [DatasetSpec(name) for name in known_datasets()]
 
 
-def _methods(matrix: MatrixSpec) -> list[MethodSpec]:
-    if matrix.methods != ALL:
-        return list(matrix.methods)
+def _methods(block: BlockSpec) -> list[MethodSpec]:
+    if block.methods != ALL:
+        return list(block.methods)
     from methods.registry import list_methods
     return [MethodSpec(name, name) for name in list_methods()]
+
+
+def matrix_cells(matrix: MatrixSpec) -> list[Cell]:
+    """Every cell the matrix names, block after block, before `--only` and before any availability check."""
+    blocks = []
+    for block in matrix.cell_blocks():
+        models = [(m, s) for m in _models(block, matrix) for s in _model_scales(m, block)]
+        blocks.append(expand_cells(models, _datasets(block), _methods(block), block.baselines, block.bits))
+    return merge_block_cells(blocks, matrix.path)
 
 
 def make_plan(matrix: MatrixSpec, only: dict[str, set[str]], data_root: Path | None,
               weights_dir: Path | None, load_models: bool = True) -> Plan:
     """`load_models=False` (`bench run --plan`) judges the availability of `all` entries by their files alone
     (weights file present, HR images present) instead of building each model and loading each test set."""
-    models = [(m, s) for m in _models(matrix) for s in _model_scales(m, matrix)]
-    cells = select_cells(expand_cells(models, _datasets(matrix), _methods(matrix), matrix.baselines, matrix.bits),
-                         only)
+    cells = select_cells(matrix_cells(matrix), only)
     skipped: list[str] = []
     # Availability is checked only for what `--only` kept: slicing a huge matrix stays quick.
-    if matrix.models == ALL:
+    if any(block.models == ALL for block in matrix.cell_blocks()):
         available = set(_available_models(list(dict.fromkeys((c.model, c.scale) for c in cells)), weights_dir,
                                           skipped, load_models))
         cells = [c for c in cells if (c.model, c.scale) in available]
-    if matrix.datasets == ALL:
+    if any(block.datasets == ALL for block in matrix.cell_blocks()):
         cells = _with_available_data(cells, data_root, skipped, load_models)
     return Plan(cells, skipped)
 

@@ -108,6 +108,8 @@ class CellRecord:
     seed: int | None = None
     timestamp: str | None = None
     images_dir: str | None = None    # SR outputs of this cell, relative to the run directory
+    source: str | None = None        # None: computed by `bench run`; else where the record came from (e.g. rows
+                                     # of a script converted once into records: scripts/reference_records.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False, allow_nan=True)

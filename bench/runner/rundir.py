@@ -95,11 +95,30 @@ PLANNED_KEY = "planned_cells"
 FINISHED, INCOMPLETE, RUNNING, UNKNOWN = "finished", "incomplete", "running", "plan unknown"
 
 
-def record_plan(meta: dict, cell_keys: list[str], same_matrix: bool) -> dict:
-    """`meta` (run.json) with the cells planned: those of this `bench run`, plus those planned before when
-    the matrix text is unchanged (so that `--only` slices add up to the whole matrix)."""
-    earlier = (meta.get(PLANNED_KEY) or []) if same_matrix else []
+def record_plan(meta: dict, cell_keys: list[str], same_matrix: bool, matrix_keys: list[str] | None = None) -> dict:
+    """`meta` (run.json) with the cells planned: those of this `bench run`, plus those planned before when the
+    matrix text is unchanged (so that `--only` slices add up to the whole matrix). When the matrix changed (a
+    method or a block added, say), the earlier planned cells that the new matrix still names (`matrix_keys`, its
+    cells before --only) stay planned too: adding to a matrix adds to its run."""
+    earlier = meta.get(PLANNED_KEY) or []
+    if not same_matrix:
+        names = set(matrix_keys or ())
+        earlier = [key for key in earlier if key in names]
     return {**meta, PLANNED_KEY: list(dict.fromkeys([*earlier, *cell_keys]))}
+
+
+def matrix_change_note(run: RunDir, matrix_keys: list[str]) -> str | None:
+    """What rerunning a run folder with an edited matrix does to its records, or None when there is nothing
+    to say (a new folder, or every recorded cell is still in the matrix)."""
+    recorded = latest_by_key(read_records(run.records))
+    names = set(matrix_keys)
+    gone = [key for key in recorded if key not in names]
+    if not recorded or not gone:
+        return None
+    return (f"the matrix differs from the one last run in {run.path}: new cells are added to its records, cells "
+            f"with the same key and settings are kept, and {len(gone)} recorded cell(s) the matrix no longer names "
+            f"(e.g. {gone[0]}) stay in {RECORDS_FILE}, so `bench table` still shows them; use another --out for "
+            f"a run of this matrix alone")
 
 
 def run_summary(run: RunDir) -> dict:
