@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from bench.cli import main
+from bench.metrics.psnr_ssim import psnr_y
 from bench.report.browser import check_page, find_chromium, screenshot
 from bench.report.html import RunRecords, build_report
 from bench.runner.records import read_records
@@ -102,13 +103,20 @@ def test_smoke_report_provenance_and_crop(smoke_run, smoke_page, weights_dir):
     params = escape(json.dumps(dobi["method_description"]["params"], sort_keys=True))
     assert f"n=4, patch=32, seed=0; method {params}; {dobi['calib_seconds']:.1f} s" in html   # matrix + record
     assert '"K": 100' in json.dumps(dobi["method_description"]["params"])
-    # The crop: HR, bicubic, FP and each method, 80x80 PNGs titled with that image's PSNR from the records.
+    # The crop: HR, bicubic, FP and each method, 80x80 PNGs titled with the crop's PSNR (of the pixels shown) and
+    # the whole image's PSNR from the records, each saying which it is.
     titles = re.findall(r'<figure><img src="data:image/png;base64,([^"]+)" alt="([^"]+)"', html)
-    per_image = {r["label"]: next(p["psnr"] for p in r["per_image"] if p["name"] == "butterfly") for r in records}
-    assert [t for _, t in titles] == ["HR", f"Bicubic, {per_image['bicubic']:.2f} dB", f"FP, {per_image['fp']:.2f} dB",
-                                      f"MinMax W4A4, {per_image['minmax']:.2f} dB", f"DOBI W4A4, {per_image['dobi']:.2f} dB"]
-    for data, _ in titles:
-        assert Image.open(io.BytesIO(base64.b64decode(data))).size == (80, 80)
+    crops = [np.asarray(Image.open(io.BytesIO(base64.b64decode(data)))) for data, _ in titles]
+    assert all(crop.shape == (80, 80, 3) for crop in crops)
+    crop = [psnr_y(c, crops[0], 0) for c in crops]
+    image = {r["label"]: next(p["psnr"] for p in r["per_image"] if p["name"] == "butterfly") for r in records}
+    assert [t for _, t in titles] == [
+        "HR", f"Bicubic, crop {crop[1]:.2f} dB, image {image['bicubic']:.2f} dB",
+        f"FP, crop {crop[2]:.2f} dB, image {image['fp']:.2f} dB",
+        f"MinMax W4A4, crop {crop[3]:.2f} dB, image {image['minmax']:.2f} dB",
+        f"DOBI W4A4, crop {crop[4]:.2f} dB, image {image['dobi']:.2f} dB"]
+    assert crop[3] < crop[4] < crop[2]         # MinMax's 4-bit noise is visible in the crop, DOBI's less
+    assert "image = the whole image, as in the tables" in html
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +128,7 @@ def chromium():
 def test_smoke_report_opens_in_headless_chromium_without_javascript_error(smoke_run, smoke_page, chromium, tmp_path):
     check = check_page(smoke_page)
     assert check.console == [] and check.page_errors == ""
-    assert check.status == "ready: 5 sortable tables, 2 charts"  # Table 3, deployment, significance, per-image, provenance
+    assert check.status == "ready: 5 sortable tables, 1 charts"  # Table 3, deployment, significance, per-image, provenance
     # The page's own sort, clicked in the browser: the first PSNR column, best first.
     records = [r for r in read_records(smoke_run / "records.jsonl") if r["status"] == "ok"]
     names = {"fp": "FP", "bicubic": "Bicubic", "minmax": "MinMax", "dobi": "DOBI"}
@@ -154,7 +162,7 @@ def test_cli_screenshot_and_errors(smoke_run, chromium, tmp_path, capsys):
     assert main(["report", "--run", str(smoke_run), "--out", str(tmp_path / "r.html"), "--no-visual",
                  "--screenshot", str(png), "--window", "800x600"]) == 0
     assert Image.open(png).size == (800, 600)
-    assert "page status: ready: 5 sortable tables, 2 charts" in capsys.readouterr().out
+    assert "page status: ready: 5 sortable tables, 1 charts" in capsys.readouterr().out
     assert main(["report", "--run", str(smoke_run), "--out", str(tmp_path / "r.html"), "--no-visual",
                  "--screenshot", str(png), "--window", "800"]) == 2
     assert "bench: error: bad --window '800'; use WIDTHxHEIGHT, e.g. --window 1280x1600" in capsys.readouterr().err

@@ -23,8 +23,13 @@ DEFAULT_CROP = 96
 
 @dataclass(frozen=True)
 class CropPanel:
-    title: str
+    title: str             # the tables' method name and bits
     data_uri: str
+    psnr: str = ""         # "crop 31.20 dB, image 35.41 dB" (bench.runner.visual.Panel.psnr_text)
+
+    @property
+    def caption(self) -> str:
+        return f"{self.title}, {self.psnr}" if self.psnr else self.title
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ def build_crop_view(runs: list[tuple[RunDir, list[dict]]], request: CropRequest)
         crop = Crop.parse(crop_text)
         configure_threads(request.threads)
         strip = build_panels(run, image, crop, dataset, scale, model, request.data_root, request.device)
-        panels = [CropPanel(p.caption.replace("\n", ", "), png_data_uri(p.image)) for p in strip.panels]
+        panels = [CropPanel(p.title, png_data_uri(p.image), p.psnr_text) for p in strip.panels]
         caption = f"{model} x{scale}, {dataset} {image}, crop {crop_text} (x, y, w, h in HR pixels). {PSNR_LEGEND}."
         return CropView(caption, panels)
     raise ConfigError("no successful cells match --dataset/--scale/--model in the given runs; "

@@ -348,18 +348,23 @@ def _per_image_tables(records: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------- visual
 
+def _psnr_lines(psnr: str) -> str:
+    """"crop 31.20 dB, image 35.41 dB" as two lines under a crop's name."""
+    return f'<br><span class="psnr">{"<br>".join(map(escape, psnr.split(", ")))}</span>' if psnr else ""
+
+
 def _visual(view: CropView | str | None) -> str:
     if view is None:
         return '<p class="note">Visual comparison skipped (--no-visual).</p>'
     if isinstance(view, str):
         return f'<p class="note">{escape(view)}</p>'
-    figures = "".join(f'<figure><img src="{p.data_uri}" alt="{escape(p.title)}" width="140"><figcaption>'
-                      f'{escape(p.title)}</figcaption></figure>' for p in view.panels)
+    figures = "".join(f'<figure><img src="{p.data_uri}" alt="{escape(p.caption)}" width="140"><figcaption>'
+                      f'{escape(p.title)}{_psnr_lines(p.psnr)}</figcaption></figure>' for p in view.panels)
     # The selects name panels by index: the slider script takes the images from the figures above, so each PNG is
     # in the page once.
     last = len(view.panels) - 1
-    left = "".join(f'<option value="{i}">{escape(p.title)}</option>' for i, p in enumerate(view.panels))
-    right = "".join(f'<option value="{i}"{" selected" if i == last else ""}>{escape(p.title)}</option>'
+    left = "".join(f'<option value="{i}">{escape(p.caption)}</option>' for i, p in enumerate(view.panels))
+    right = "".join(f'<option value="{i}"{" selected" if i == last else ""}>{escape(p.caption)}</option>'
                     for i, p in enumerate(view.panels))
     return (f'<p>{escape(view.caption)}</p><div class="crops" id="crops">{figures}</div>'
             f'<h3>Before / after</h3><div class="slider-controls">left <select id="slider-left">{left}</select> '

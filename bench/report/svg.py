@@ -70,7 +70,7 @@ class Chart:
     width: int = 420
     height: int = 300
     y_range: tuple[float, float] | None = None   # at least this y-range (bench.runner.style.psnr_limits)
-    note: str | None = None                      # one line under the x label, e.g. "... not a ranking"
+    note: str | None = None                      # under the x label, e.g. "... not a ranking"
     legend: list[LegendEntry] | None = None      # None: one entry per series and line, by name
 
 
@@ -144,12 +144,15 @@ def render_chart(chart: Chart) -> str:
     entries = _legend_entries(chart)
     per_row = max(1, (chart.width - MARGIN_LEFT) // LEGEND_COLUMN)
     legend_rows = math.ceil(len(entries) / per_row)
-    note_rows = 1 if chart.note else 0
+    # A note splits after its first ": " (as under `bench plot`'s axes), so that it fits the chart's width.
+    note_lines = chart.note.split(": ", 1) if chart.note else []
+    note_lines = [note_lines[0] + ":", note_lines[1]] if len(note_lines) == 2 else note_lines
+    note_rows = len(note_lines)
     y_low, y_high = min(ys), max(ys)
     if chart.y_range is not None:
         y_low, y_high = min(y_low, chart.y_range[0]), max(y_high, chart.y_range[1])
     # The chart grows by its legend and note rows, so that the plotting area keeps its height.
-    height = chart.height + (legend_rows + note_rows) * LEGEND_ROW
+    height = chart.height + legend_rows * LEGEND_ROW + note_rows * NOTE_ROW
     frame = _Frame(chart, _x_ticks(chart, xs), nice_ticks(y_low, y_high), height - MARGIN_BOTTOM
                    - legend_rows * LEGEND_ROW - note_rows * NOTE_ROW)
     parts = [f'<svg class="chart" width="{chart.width}" height="{height}" role="img" '
@@ -162,9 +165,10 @@ def render_chart(chart: Chart) -> str:
                      f'<title>{escape(line.tip)}</title></line>')
     for series in chart.series:
         parts += _series(series, frame)
-    if chart.note:
-        parts.append(f'<text class="chart-note" x="{(frame.x0 + frame.x1) / 2}" y="{frame.y1 + 30 + NOTE_ROW}" '
-                     f'text-anchor="middle">{escape(chart.note)}</text>')
+    if note_lines:
+        parts.append(f'<text class="chart-note" data-note="{escape(chart.note)}" text-anchor="middle">'
+                     + "".join(f'<tspan x="{(frame.x0 + frame.x1) / 2}" y="{frame.y1 + 30 + NOTE_ROW * (i + 1)}">'
+                               f'{escape(line)}</tspan>' for i, line in enumerate(note_lines)) + '</text>')
     parts += _legend(entries, frame, height, per_row)
     parts.append("</svg>")
     return "".join(parts)
@@ -245,7 +249,8 @@ def _series(series: Series, frame: _Frame) -> list[str]:
         tag = "circle" if element.startswith("<circle") else "polygon"
         fill = "white" if series.hollow else series.colour
         parts.append(f'{element} class="pt" fill="{fill}" stroke="{series.colour}" data-marker="{escape(series.marker)}" '
-                     f'data-name="{escape(series.name)}" data-tip="{tip}"><title>{tip}</title></{tag}>')
+                     f'data-name="{escape(series.name)}" data-x="{p.x!r}" data-y="{p.y!r}" data-tip="{tip}">'
+                     f'<title>{tip}</title></{tag}>')
     return parts
 
 

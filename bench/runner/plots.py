@@ -373,17 +373,12 @@ def plot_run(records: list[dict], out_dir: str | Path, notes: list[str] | None =
     paths: list[Path] = []
     for model, scale in sorted({(r["model"], r["scale"]) for r in ok}):
         mine = [r for r in ok if r["model"] == model and r["scale"] == scale]
-        quantized = [r for r in mine if _is_quantized(r)]
-        bits = sorted({(r["w_bits"], r["a_bits"]) for r in quantized if r.get("psnr") is not None})
-        if len(bits) > 1:
+        skipped = skipped_charts(mine, model, scale)  # the HTML report skips the same charts
+        if "bits" not in skipped:
             paths += plot_psnr_vs_bits(mine, model, scale, out_dir, styles)
-        else:
-            notes.append(f"{model} x{scale}: no PSNR-vs-bits figure: the run has {len(bits)} bit-width(s)")
-        sizes = {r["model_size_bytes"] for r in mine if r.get("model_size_bytes") and r.get("psnr") is not None}
-        if len(sizes) > 1:
+        if "size" not in skipped:
             paths += plot_psnr_vs_size(mine, model, scale, out_dir, styles)
-        else:
-            notes.append(f"{model} x{scale}: no PSNR-vs-size figure: the run has {len(sizes)} model size(s)")
+        notes += skipped.values()
         if any(r.get("latency_ms") is not None for r in mine):
             paths += plot_latency(mine, model, scale, out_dir, styles)
         else:

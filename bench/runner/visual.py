@@ -8,6 +8,7 @@ otherwise they are recomputed from the FP weights and the run's cached calibrate
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,7 @@ class Panel:
         return f"{self.title}\n{self.psnr_text}" if self.psnr_text else self.title
 
 
+TITLE_CHARS = 24   # a panel is 2.2 inches wide: about 24 characters at 8 points
 # What the two PSNRs of a panel are, for the strip's title and the report's caption.
 PSNR_LEGEND = ("PSNR (dB, Y channel): crop = the pixels shown, against HR's crop (no border shave); "
                "image = the whole image, as in the tables")
@@ -174,15 +176,19 @@ def build_panels(run: RunDir, image: str, crop: Crop, dataset: str | None = None
 
 
 def save_strip(panels: list[Panel], out_stem: Path, title: str = "") -> list[Path]:
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.7), squeeze=False)
+    # Constrained layout keeps the two-line title clear of the panels' three-line captions.
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 3.0), squeeze=False, layout="constrained")
     for ax, panel in zip(axes[0], panels):
         ax.imshow(panel.image, interpolation="nearest")
-        ax.set_title(panel.caption.replace(", image", "\nimage"), fontsize=8)
+        name = textwrap.fill(panel.title, TITLE_CHARS)  # long names wrap instead of running into the next panel
+        ax.set_title("\n".join([name] + panel.psnr_text.split(", ")) if panel.psnr_text else name, fontsize=8)
         ax.axis("off")
     if any(p.psnr_text for p in panels):
-        title = f"{title}\n{PSNR_LEGEND}" if title else PSNR_LEGEND
+        legend = "\n".join(textwrap.wrap(PSNR_LEGEND, max(60, 26 * len(panels))))
+        title = f"{title}\n{legend}" if title else legend
     if title:
         fig.suptitle(title, fontsize=9)
+    fig.get_layout_engine().set(h_pad=0.08)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in ("png", "pdf"):
