@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "bench.cli.train_cmd",     # bench train
     "bench.cli.export_cmd",    # bench export (packed safetensors, ONNX QDQ)
     "bench.cli.latency_cmd",   # bench latency (FP32 vs quantized, one runtime)
+    "bench.cli.sensitivity_cmd",  # bench sensitivity (per-layer, mixed precision)
 ]
 
 

@@ -9,9 +9,17 @@ SCOPE_NAMES = ("2dquant", "ptq4sr", "fp-edges", "2dquant+convs")
 SCOPE_HELP = f"quantization scope: auto (the model's default), {', '.join(SCOPE_NAMES)} (docs/scopes.md)"
 
 
-def add_quantization_args(parser) -> None:
-    """Bit-widths, scope and calibration options of `bench quantize` and `bench eval --method`."""
-    parser.add_argument("--bits", type=int, default=4, help="weight and activation bit-width, 2..8 (default 4)")
+def bits_or_mixed(text: str) -> int | str:
+    """`--bits` value: a bit-width, or "mixed:B" (mixed precision at the size and BOPs of uniform WBAB)."""
+    return text if text.strip().lower().startswith("mixed:") else int(text)
+
+
+def add_quantization_args(parser, mixed: bool = False) -> None:
+    """Bit-widths, scope and calibration options of `bench quantize` and `bench eval --method`.
+    `mixed=True`: --bits also takes mixed:B (bench quantize)."""
+    parser.add_argument("--bits", type=bits_or_mixed if mixed else int, default=4,
+                        help="weight and activation bit-width, 2..8 (default 4)"
+                             + ("; or mixed:B, per-layer bits within the size and BOPs of uniform WBAB" if mixed else ""))
     parser.add_argument("--w-bits", type=int, default=None, help="weight bit-width (overrides --bits)")
     parser.add_argument("--a-bits", type=int, default=None, help="activation bit-width (overrides --bits)")
     parser.add_argument("--scope", default="auto", help=SCOPE_HELP)

@@ -1,0 +1,141 @@
+"""Per-layer sensitivity (bench.mixed.sensitivity): scores equal independently built models' output MSE, the
+Hutchinson traces equal the exact Hessian's, results are cached, and the chart is drawn."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bench.errors import ConfigError
+from bench.mixed.sensitivity import (
+    SensitivityResult,
+    SensitivitySettings,
+    hutchinson_traces,
+    measure_sensitivity,
+    method_calibrator,
+    plot_sensitivity,
+)
+from bench.quant import QuantConfig, quantize_model, quantizers
+
+CANDIDATES = (2, 4, 8)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.b2 = nn.Conv2d(8, 12, 1)
+        self.b3 = nn.Conv2d(12, 8, 3, padding=1)
+        self.tail = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.head(x))
+        y = torch.relu(self.b3(torch.relu(self.b2(torch.relu(self.b1(y)))))) + y
+        return self.tail(y) + x
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = Net().eval()
+    gen = torch.Generator().manual_seed(1)
+    calib, score = torch.rand(4, 3, 16, 16, generator=gen), torch.rand(4, 3, 16, 16, generator=gen)
+    return model, calib, score
+
+
+def _settings(context: str = "context", criterion: str = "mse") -> SensitivitySettings:
+    return SensitivitySettings("emmse", scope="ptq4sr", like=4, candidates=CANDIDATES, criterion=criterion,
+                               context=context, hutchinson_samples=100, hutchinson_batch=2)
+
+
+def _mse_of(model, qmodel, batch) -> float:
+    with torch.no_grad():
+        return float(torch.mean((qmodel(batch).double() - model(batch).double()) ** 2))
+
+
+def _stitched(model, layer, pair, calibrate, like, enabled_rest: bool):
+    """The model with `layer` at `pair`, built by surgery and bounds copied by name (not by swapping modules)."""
+    qmodel = quantize_model(model, QuantConfig(like[0], like[1], "ptq4sr", layer_bits={layer: pair})).eval()
+    sources = {name: q for name, q in quantizers(calibrate(like))}
+    sources.update({name: q for name, q in quantizers(calibrate(pair)) if name.startswith(layer + ".")})
+    for name, q in quantizers(qmodel):
+        assert q.bits == sources[name].bits
+        q.set_bounds(sources[name].lower.detach(), sources[name].upper.detach())
+        q.enabled = enabled_rest or name.startswith(layer + ".")
+    return qmodel
+
+
+@pytest.mark.parametrize("context", ["context", "alone"])
+def test_mse_scores_equal_the_output_mse_of_the_model_with_that_layer_changed(setup, context):
+    model, calib, score = setup
+    settings = _settings(context)
+    calibrate = method_calibrator(model, settings, calib)
+    result = measure_sensitivity(model, "net", 1, settings, calib, score, calibrate=calibrate, use_cache=False)
+    assert result.layers == ["b1", "b2", "b3"]  # head and tail: ptq4sr's fixed 8-bit edges
+    for layer in result.layers:
+        for pair in result.settings.candidates:
+            expected = _mse_of(model, _stitched(model, layer, pair, calibrate, (4, 4), context == "context"), score)
+            assert result.scores[layer][pair] == expected, (layer, pair)
+    # lower bits hurt more, in every layer (EMMSE bounds per bit-width)
+    for row in result.scores.values():
+        assert row[(2, 2)] > row[(4, 4)] > row[(8, 8)] or context == "context"
+        assert row[(2, 2)] > row[(8, 8)]
+    if context == "context":
+        assert all(row[(4, 4)] == result.baseline > 0 for row in result.scores.values())
+
+
+def test_hutchinson_traces_match_the_exact_hessian(setup):
+    model, _, score = setup
+    batch = score[:1, :, :8, :8]
+    traces = hutchinson_traces(model, ["b2"], batch, samples=1000, seed=0)
+    conv = model.b2
+    weight = conv.weight.detach().clone()
+    with torch.no_grad():
+        reference = model(batch)
+
+    def loss_of(w):
+        original = conv.weight
+        try:
+            del conv.weight
+            conv.weight = w
+            return torch.mean((model(batch) - reference) ** 2)
+        finally:
+            conv.weight = original
+
+    hessian = torch.autograd.functional.hessian(loss_of, weight)
+    exact = float(hessian.reshape(weight.numel(), weight.numel()).diagonal().sum())
+    tr_w, n_w, tr_x, n_x = traces["b2"]
+    assert n_w == 96 and n_x == 8 * 8 * 8
+    assert tr_w == pytest.approx(exact, rel=0.05)
+    assert tr_x > 0
+
+
+def test_hawq_scores_are_trace_times_quantization_error_and_rank_bits(setup):
+    model, calib, score = setup
+    settings = _settings(criterion="hawq-v2")
+    assert settings.context == "alone"  # the FP model's Hessian
+    result = measure_sensitivity(model, "net", 1, settings, calib, score, use_cache=False)
+    for row in result.scores.values():
+        assert row[(2, 2)] > row[(4, 4)] > row[(8, 8)] > 0
+
+
+def test_results_are_cached_and_round_trip_through_json(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    model, calib, score = setup
+    settings = _settings()
+    first = measure_sensitivity(model, "net", 1, settings, calib, score)
+    files = list((tmp_path / "cache" / "sensitivity").glob("net_x1_emmse_mse_context_*.json"))
+    assert len(files) == 1 and not first.cached
+    again = measure_sensitivity(model, "net", 1, settings, calib, score)
+    assert again.cached and again.scores == first.scores and again.settings == first.settings
+    other = measure_sensitivity(model, "net", 1, settings, calib, score.flip(-1))
+    assert not other.cached and other.scores != first.scores
+    assert SensitivityResult.from_dict(json.loads(json.dumps(first.to_dict()))).scores == first.scores
+    with pytest.raises(ConfigError, match="score batch is the calibration batch"):
+        measure_sensitivity(model, "net", 1, settings, calib, calib)
+    png, pdf = plot_sensitivity(first, tmp_path / "sens.png")
+    assert png.stat().st_size > 10_000 and pdf.is_file()
+    assert first.table().splitlines()[0].split() == ["layer", "w2a2", "w4a4", "w8a8"]
