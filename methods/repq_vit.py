@@ -36,6 +36,21 @@ formula). The per-channel calibration picks the official percentile for 90 % of 
 38 % at 6 bits, because this project adds a min/max candidate, scores a real-valued lower bound and floors the
 step. The log-sqrt2 quantizer keeps 2^b - 1 powers plus 0 (b bits hold it); the official one 2^b powers plus 0
 (one more code than b bits). Together: layer output MSE +0.04 % at 4 bits and +3.6 % at 6 bits against official.
+
+`variant` (recorded): "paper" (default, all of the above) or "code", the released code (zkkli/RepQ-ViT
+classification/quant/quantizer.py and test_quant.py):
+  * every uniform calibration (per-channel post-LayerNorm inputs, other activations, weights after the fold) takes
+    the official candidates only, quantiles p = 0.999, 0.9999, 0.99999 (no min/max), with an integer zero point
+    zp = round(-lo / delta), delta = (hi - lo) / (2^b - 1), scored by the official affine quantizer
+    (`official_affine_rows`; the two-bound quantizer l = -zp delta, u = (2^b - 1 - zp) delta is that quantizer);
+  * the fold with the mean integer zero point (`fold_code`): target_min = -mean(zp) mean(delta);
+  * the attention scale: the official candidates scored with the official log-sqrt2 level set
+    (`official_log_sqrt2`: 2^b powers plus 0).
+  Two things b bits cannot hold are clamped, not emulated: the post-fold quantizer's zero point mean(zp) is not an
+  integer (its grid k delta clamped at -mean(zp) delta and (2^b - 1 - mean(zp)) delta has 2^b + 1 values), so it is
+  stored rounded; and the deployed log-sqrt2 quantizer keeps 2^b - 1 powers plus 0. Measured on SwinIR-light x2,
+  W4A4, 2 calibration patches of 16x16: the rounded zero point raises the squared error of the 96 folded inputs by
+  0.77 % over the official non-integer one, the clamped log level set that of the 24 attention maps by 0.06 %.
 """
 from __future__ import annotations
 
@@ -111,6 +126,81 @@ def log_scale(x: torch.Tensor, quantizer: LogQuantizer) -> float:
     return candidates[int(np.argmin(errors))]
 
 
+OFFICIAL_PERCENTILES = (0.999, 0.9999, 0.99999)  # zkkli/RepQ-ViT's candidate set (no min/max candidate)
+
+
+def official_affine_rows(view, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """RepQ-ViT's released UniformQuantizer calibration, per row of a sorted view: candidates (lo, hi) = the
+    (1 - p, p) quantiles (numpy's linear definition, as torch.quantile) for p in OFFICIAL_PERCENTILES, each turned
+    into delta = (hi - lo) / (2^b - 1) and an integer zero point zp = round(-lo / delta), scored by
+    mean((v - Q(v))^2) with Q(v) = (clamp(round(v / delta) + zp, 0, 2^b - 1) - zp) * delta, the first of the
+    smallest kept (strict <). Returns (delta, zp) per row, float64."""
+    n = levels(bits)
+    deltas, zps = np.zeros(view.rows), np.zeros(view.rows)
+    for row in range(view.rows):
+        v = torch.from_numpy(np.asarray(view.values[row], dtype=np.float32))
+        best = np.inf
+        for p in OFFICIAL_PERCENTILES:
+            lo = torch.tensor(quantile_linear(view, 1.0 - p, row), dtype=torch.float32)
+            hi = torch.tensor(quantile_linear(view, p, row), dtype=torch.float32)
+            delta = torch.clamp((hi - lo) / n, min=1e-8)  # a constant row: the step stays positive
+            zp = torch.round(-lo / delta)
+            q = (torch.clamp(torch.round(v / delta) + zp, 0, n) - zp) * delta
+            score = float((v - q).double().square().mean())
+            if score < best:
+                best, deltas[row], zps[row] = score, float(delta), float(zp)
+    return deltas, zps
+
+
+def affine_bounds(delta, zp, bits: int):
+    """The two-bound quantizer equal to the integer-zero-point affine one: l = -zp delta, u = (2^b - 1 - zp) delta."""
+    return -zp * delta, (levels(bits) - zp) * delta
+
+
+def official_affine_bounds(x: torch.Tensor, bits: int) -> tuple[float, float]:
+    delta, zp = official_affine_rows(cached_sorted_view(x), bits)
+    lower, upper = affine_bounds(delta[0], zp[0], bits)
+    return float(lower), float(upper)
+
+
+def official_affine_channel_bounds(x: torch.Tensor, bits: int, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    delta, zp = official_affine_rows(sorted_view(x, axis), bits)
+    lower, upper = affine_bounds(delta, zp, bits)
+    return torch.from_numpy(lower), torch.from_numpy(upper)
+
+
+def official_log_sqrt2(x: torch.Tensor, delta: float, bits: int) -> torch.Tensor:
+    """RepQ-ViT's released LogSqrt2Quantizer: k = round(-2 log2(x / delta)); k >= 2^b -> 0; else
+    delta * 2^(-ceil(k'/2)) * (1 + (k' mod 2)(sqrt2 - 1)) with k' = clamp(k, 0, 2^b - 1), i.e. delta * sqrt2^(-k'):
+    2^b powers plus 0, one value more than b bits hold."""
+    k = torch.round(-2 * torch.log2(x / delta))
+    zero = k >= 2 ** bits
+    k = torch.clamp(k, 0, 2 ** bits - 1)
+    out = torch.exp2(-torch.ceil(k / 2)) * ((k % 2) * (2 ** 0.5 - 1) + 1) * delta
+    return out.masked_fill(zero, 0.0)
+
+
+def official_log_scale(x: torch.Tensor, bits: int) -> float:
+    """RepQ-ViT's code: the scale is the p quantile of x (p in OFFICIAL_PERCENTILES) whose official log-sqrt2
+    quantization has the smallest squared error (on an evenly strided subsample, as `log_scale`)."""
+    flat = x.detach().reshape(-1).float()
+    sample = flat[:: max(1, flat.numel() // _LOG_SEARCH_ELEMENTS)]
+    n = flat.numel()
+    top = torch.topk(flat, min(n, int(np.ceil(n * (1 - OFFICIAL_PERCENTILES[0]))) + 1)).values  # descending
+    best, scale = np.inf, 1.0
+    for p in OFFICIAL_PERCENTILES:  # linear quantile: a[i] + f (a[i + 1] - a[i]), i = floor((n - 1) p); a[i] = top[n-1-i]
+        h = (n - 1) * p
+        i = int(np.floor(h))
+        below, above = top[min(top.numel() - 1, n - 1 - i)], top[max(0, min(top.numel() - 1, n - 2 - i))]
+        candidate = float(below) + (h - i) * (float(above) - float(below))
+        if candidate <= 0:
+            continue
+        error = float((official_log_sqrt2(sample, candidate, bits) - sample).double().square().sum())
+        if error < best:
+            best, scale = error, candidate
+    return scale
+
+
 # ------------------------------------------------------------------------------------------------ the fold
 
 def fold_groups(qmodel: nn.Module, probe: torch.Tensor) -> list[FoldGroup]:
@@ -128,15 +218,10 @@ def fold_groups(qmodel: nn.Module, probe: torch.Tensor) -> list[FoldGroup]:
     return groups
 
 
-def reparameterise(qmodel: nn.Module, group: FoldGroup, bits: int) -> None:
-    """Fold the group's per-channel scales into its LayerNorm and linears; set the per-tensor bounds."""
-    n = levels(bits)
-    lower, upper = group.lower.double(), group.upper.double()
-    steps = (upper - lower) / n
-    steps = torch.clamp(steps, min=_MIN_STEP_FRACTION * float(steps.mean()))
-    target_step, target_lower = steps.mean(), lower.mean()
-    r = steps / target_step
-    b = lower / r - target_lower
+def _apply_fold(qmodel: nn.Module, group: FoldGroup, r: torch.Tensor, b: torch.Tensor, lower: float,
+                upper: float) -> None:
+    """LayerNorm: gamma' = gamma / r, beta' = beta / r - b; each linear: W' = W diag(r), bias' = bias + W' b; the
+    group's input quantizers per tensor (lower, upper)."""
     norm = qmodel.get_submodule(group.norm)
     rewrite_fp_tensor(qmodel, f"{group.norm}.weight", norm.weight.double() / r)
     rewrite_fp_tensor(qmodel, f"{group.norm}.bias", norm.bias.double() / r - b)
@@ -145,7 +230,47 @@ def reparameterise(qmodel: nn.Module, group: FoldGroup, bits: int) -> None:
         weight = linear.weight.double() * r[None, :]
         rewrite_fp_tensor(qmodel, f"{path}.weight", weight)
         rewrite_fp_tensor(qmodel, f"{path}.bias", linear.bias.double() + weight @ b)
-        linear.input_quant.set_bounds(float(target_lower), float(target_lower + n * target_step))
+        linear.input_quant.set_bounds(lower, upper)
+
+
+def _floored(steps: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(steps, min=_MIN_STEP_FRACTION * float(steps.mean()))
+
+
+def reparameterise(qmodel: nn.Module, group: FoldGroup, bits: int) -> None:
+    """Fold the group's per-channel scales into its LayerNorm and linears; set the per-tensor bounds (the paper:
+    target l = mean of the real lower bounds)."""
+    n = levels(bits)
+    lower, upper = group.lower.double(), group.upper.double()
+    steps = _floored((upper - lower) / n)
+    target_step, target_lower = steps.mean(), lower.mean()
+    r = steps / target_step
+    b = lower / r - target_lower
+    _apply_fold(qmodel, group, r, b, float(target_lower), float(target_lower + n * target_step))
+
+
+def fold_code(delta: torch.Tensor, zp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """RepQ-ViT's released fold from per-channel steps delta_c and integer zero points zp_c: target step mean(delta),
+    target zero point mean(zp) (not an integer), act_min_c = -zp_c delta_c, target_min = -mean(zp) mean(delta),
+    r = delta / mean(delta), b = act_min / r - target_min. Returns (r, b, target step, target zero point)."""
+    target_delta, target_zp = delta.mean(), zp.mean()
+    r = delta / target_delta
+    b = -zp * delta / r + target_zp * target_delta
+    return r, b, float(target_delta), float(target_zp)
+
+
+def reparameterise_code(qmodel: nn.Module, group: FoldGroup, bits: int) -> float:
+    """The released fold (`fold_code`). Its per-tensor quantizer keeps the non-integer mean zero point z, whose grid
+    k delta (k integer) clamped at -z delta and (2^b - 1 - z) delta has 2^b + 1 values, one more than b bits hold;
+    here the zero point is rounded, round(z), so the quantizer is b-bit. Returns z."""
+    n = levels(bits)
+    lower, upper = group.lower.double(), group.upper.double()
+    delta = _floored((upper - lower) / n)
+    zp = torch.round(-lower / delta)  # the calibration's integer zero points (lower = -zp delta)
+    r, b, target_delta, target_zp = fold_code(delta, zp)
+    stored = round(target_zp)
+    _apply_fold(qmodel, group, r, b, -stored * target_delta, (n - stored) * target_delta)
+    return target_zp
 
 
 @torch.no_grad()
@@ -169,11 +294,12 @@ def check_fold(qmodel: nn.Module, fp_model: nn.Module, probe: torch.Tensor, tole
 
 @register_method("repq-vit")
 class RepQViT(PTQMethod):
-    """RepQ-ViT: per-channel post-LayerNorm activations folded into per-tensor, log-sqrt2 attention map."""
+    """RepQ-ViT: per-channel post-LayerNorm activations folded into per-tensor, log-sqrt2 attention map (variant=paper|code)."""
 
     @dataclass(frozen=True)
     class Params:
         attn_quantizer: Literal["log-sqrt2", "log2"] = "log-sqrt2"  # the post-softmax quantizer type
+        variant: Literal["paper", "code"] = "paper"  # the paper's fold and rules, or the released code's
         probe_patch: int = 16    # LR crop (pixels) of one calibration patch for the probe and the fold check
         fold_check: float = 1e-4  # allowed FP change of the fold, relative to max(1, max|output|)
 
@@ -192,14 +318,30 @@ class RepQViT(PTQMethod):
             raise ConfigError(f"repq-vit needs LayerNorm inputs to quantized linears; {model_label(qmodel)} has none "
                               f"(use a transformer such as swinir-light, or another method)")
         self._swap_attention_quantizers(qmodel)
+        code = self.params.variant == "code"
         self._calibrate_activations(qmodel, batch, groups)
+        self.zero_points = {}  # code: each group's mean integer zero point (stored rounded)
         for group in groups:
-            reparameterise(qmodel, group, qmodel.get_submodule(group.linears[0]).input_quant.bits)
+            bits = qmodel.get_submodule(group.linears[0]).input_quant.bits
+            if code:
+                self.zero_points[group.norm] = reparameterise_code(qmodel, group, bits)
+            else:
+                reparameterise(qmodel, group, bits)
         self.fold_delta = check_fold(qmodel, ctx.fp_model, probe, self.params.fold_check)
-        set_weight_bounds(qmodel, lambda w, q: percentile_bounds(w, q.bits),
-                          channel_rule=lambda w, q: percentile_channel_bounds(w, q.bits, q.per_channel_axis))
+        if code:
+            set_weight_bounds(qmodel, lambda w, q: official_affine_bounds(w, q.bits),
+                              channel_rule=lambda w, q: official_affine_channel_bounds(w, q.bits, q.per_channel_axis))
+        else:
+            set_weight_bounds(qmodel, lambda w, q: percentile_bounds(w, q.bits),
+                              channel_rule=lambda w, q: percentile_channel_bounds(w, q.bits, q.per_channel_axis))
         self.groups = groups
         self.folded = {g.norm: g.linears for g in groups}
+
+    def describe(self) -> dict:
+        record = super().describe()
+        if getattr(self, "zero_points", None):  # code: the released fold's non-integer zero points, stored rounded
+            record["fold_zero_points"] = {norm: round(z, 4) for norm, z in self.zero_points.items()}
+        return record
 
     def _swap_attention_quantizers(self, qmodel: nn.Module) -> None:
         for name, q in quantizers(qmodel):
@@ -209,14 +351,19 @@ class RepQViT(PTQMethod):
     def _calibrate_activations(self, qmodel: nn.Module, batch: torch.Tensor, groups: list[FoldGroup]) -> None:
         group_of = {f"{path}.input_quant": g for g in groups for path in g.linears}
 
+        code = self.params.variant == "code"
+        channel_rule = official_affine_channel_bounds if code else percentile_channel_bounds
+        tensor_rule = official_affine_bounds if code else percentile_bounds
+
         def observe(name: str, q: FakeQuantizer, x: torch.Tensor) -> None:
             group = group_of.get(name)
             if group is not None:
                 if group.lower is None:  # q, k and v read the same tensor: one per-channel calibration
-                    group.lower, group.upper = percentile_channel_bounds(x, q.bits, axis=-1)
+                    group.lower, group.upper = channel_rule(x, q.bits, axis=-1)
             elif isinstance(q, LogQuantizer):
-                q.set_scale(log_scale(x, q))
+                code_scale = code and self.params.attn_quantizer == "log-sqrt2" and not q.signed
+                q.set_scale(official_log_scale(x, q.bits) if code_scale else log_scale(x, q))
             else:
-                q.set_bounds(*percentile_bounds(x, q.bits))
+                q.set_bounds(*tensor_rule(x, q.bits))
 
         capture_activations(qmodel, batch, observe)

@@ -120,3 +120,86 @@ def test_qdrop_keep_prob_is_checked_against_drop():
         create_method("qdrop", drop=0.3, keep_prob=0.25)
     with pytest.raises(ConfigError, match=r"keep_prob=0.0 must be in \(0, 1\]"):
         create_method("qdrop", keep_prob=0.0)
+
+
+# ------------------------------------------------------------------------------ RepQ-ViT: variant=code
+
+def _norm_and_linear():
+    from bench.quant.layers import QuantLinear
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(2)
+            self.fc = QuantLinear(nn.Linear(2, 1), 4, 4)
+
+    block = Block()
+    with torch.no_grad():
+        block.norm.weight.copy_(torch.tensor([1.0, 2.0]))
+        block.norm.bias.copy_(torch.tensor([0.5, -0.3]))
+        block.fc.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        block.fc.bias.copy_(torch.tensor([0.2]))
+    return block
+
+
+# zkkli/RepQ-ViT classification/test_quant.py, "scale reparameterization", with 4 bits (2^b - 1 = 15) and the
+# per-channel calibration delta = (0.1, 0.3), integer zero points zp = (8, 9), i.e. channel lower bounds
+# act_min = -zp * delta = (-0.8, -2.7) and upper bounds (15 - zp) * delta = (0.7, 1.8):
+#   target_delta = mean(delta) = 0.2, target_zero_point = mean(zp) = 8.5 (not an integer),
+#   target_min = -8.5 * 0.2 = -1.7;  r = delta / 0.2 = (0.5, 1.5);  b = act_min / r - target_min = (0.1, -0.1)
+#   LayerNorm (gamma, beta) = ((1, 2), (0.5, -0.3)):  gamma' = gamma / r = (2, 4/3),  beta' = beta / r - b = (0.9, -0.1)
+#   Linear W = [[1, -1]], bias 0.2:  W' = W * r = [[0.5, -1.5]],  bias' = bias + W' b = 0.2 + 0.05 + 0.15 = 0.4
+# The paper's fold (variant=paper) uses target_min = mean(act_min) = -1.75 instead: b = (0.15, -0.05),
+#   beta' = (0.85, -0.15), bias' = 0.2 + 0.075 + 0.075 = 0.35 - the difference issue 26 measured.
+# The per-tensor quantizer after the fold: delta 0.2 and zero point 8.5, stored as round(8.5) = 8 (half to even):
+#   l = -8 * 0.2 = -1.6, u = (15 - 8) * 0.2 = 1.4.
+@pytest.mark.parametrize("variant, beta, bias, bounds", [
+    ("code", (0.9, -0.1), 0.4, (-1.6, 1.4)),
+    ("paper", (0.85, -0.15), 0.35, (-1.75, 1.25)),  # paper: l = mean(act_min) = -1.75, u = l + 15 * 0.2
+])
+def test_repq_fold_matches_the_official_formulas(variant, beta, bias, bounds):
+    from methods.repq_vit import FoldGroup, reparameterise, reparameterise_code
+    block = _norm_and_linear()
+    group = FoldGroup("norm", ["fc"], lower=torch.tensor([-0.8, -2.7], dtype=torch.float64),
+                      upper=torch.tensor([0.7, 1.8], dtype=torch.float64))
+    if variant == "code":
+        assert reparameterise_code(block, group, 4) == pytest.approx(8.5, abs=1e-12)
+    else:
+        reparameterise(block, group, 4)
+    assert block.norm.weight.tolist() == pytest.approx([2.0, 4 / 3], abs=1e-6)
+    assert block.norm.bias.tolist() == pytest.approx(list(beta), abs=1e-6)
+    assert block.fc.weight.tolist() == [pytest.approx([0.5, -1.5], abs=1e-6)]
+    assert block.fc.bias.tolist() == pytest.approx([bias], abs=1e-6)
+    q = block.fc.input_quant
+    assert (float(q.lower.detach()), float(q.upper.detach())) == pytest.approx(bounds, abs=1e-6)
+
+
+# RepQ-ViT's LogSqrt2Quantizer.quantize: k = round(-2 log2(x / delta)); k >= 2^b -> 0; else with k' = clamp(k, 0,
+# 2^b - 1): delta * 2^(-ceil(k'/2)) * (1 + (k' mod 2)(sqrt2 - 1)) = delta * sqrt2^(-k'). With b = 3 and delta = 1:
+#   k' = 0..7 -> 1, 2^-1 sqrt2 = 0.70711, 0.5, 2^-2 sqrt2 = 0.35355, 0.25, 0.17678, 0.125, 2^-4 sqrt2 = 0.088388,
+#   and 0 (k >= 8): 2^b + 1 = 9 values, one more than 3 bits hold. The project's b-bit quantizer keeps zero and the
+#   2^b - 1 = 7 largest powers: sqrt2^-7 = 0.088388 maps to 0 there (bench/quant/log_quantizer.py).
+def test_official_log_sqrt2_levels_and_the_b_bit_clamp():
+    from bench.quant.log_quantizer import log_quantize_values
+    from methods.repq_vit import official_log_sqrt2
+    x = torch.tensor([2.0 ** (-k / 2) for k in range(9)] + [2.0, 0.0], dtype=torch.float64)
+    official = [1.0, 0.70711, 0.5, 0.35355, 0.25, 0.17678, 0.125, 0.088388, 0.0, 1.0, 0.0]
+    assert official_log_sqrt2(x, 1.0, 3).tolist() == pytest.approx(official, abs=1e-5)
+    assert len(set(official)) == 9
+    clamped = log_quantize_values(x, torch.tensor(1.0, dtype=torch.float64), 3, 0.5, False)
+    assert clamped.tolist() == pytest.approx(official[:7] + [0.0] + official[8:], abs=1e-5)
+
+
+def test_repq_code_variant_runs_on_swinir_light_and_keeps_the_fp_output():
+    from models import create_model
+    swinir = create_model("swinir-light", 2)
+    batch = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    method = create_method("repq-vit", variant="code")
+    qmodel, _ = quantize_with_method(swinir, method, 4, 4, CalibContext(calib_batch=batch, progress=False))
+    assert method.fold_delta < 1e-3  # the fold keeps the FP model (fold_check stops the method beyond 1e-4 relative)
+    zero_points = method.describe()["fold_zero_points"]
+    assert len(zero_points) == 48  # norm1 and norm2 of the 24 Swin blocks
+    assert any(z != round(z) for z in zero_points.values())  # the released fold's mean is not an integer
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.isfinite(qmodel(x)).all()
