@@ -327,7 +327,7 @@ def plot_ort_latency(records: list[dict], model: str, scale: int, out_dir: Path,
     variants = ort_variants(records, styles)
     timed = next(r for r in records if r.get("latency_ort_int8_ms") is not None)
     fig, (ax_ms, ax_x) = plt.subplots(1, 2, figsize=(max(7.0, 2.4 * len(variants) + 3), 3.6))
-    ticks = [f"{v.name}\n{v.bits}" for v in variants]
+    ticks = [f"{textwrap.fill(v.name, 18)}\n{v.bits}" for v in variants]  # long names wrap: labels never meet
     xs = list(range(len(variants)))
     bars = [ax_ms.bar([x - 0.2 for x in xs], [v.fp32_ms for v in variants], width=0.38, color="lightgrey",
                       hatch="//", edgecolor="dimgrey", label="FP32 export (measured)"),
