@@ -29,10 +29,11 @@ the best bounds.
 Paper / official code / this project: both sides are presets (spec §4.6, D4-D8): `preset=paper` (default; batch
 32, 3000 iterations, cosine, Adam 0.9/0.999, the paper's loss formulas) and `preset=code` (batch 16, 4000
 iterations, constant lr, Adam 0.9/0.99, the released loss scaling with its broadcasting bug); DOBI follows the same
-split (`dobi_variant`, see methods/dobi.py for its measured effect). One departure from both: the released code
-picks the best Set5 checkpoint and then reports Set5 (D8); this project never selects on a test set (`select=last`,
-or `select=val` on held-out training patches). The preset difference was not measured in PSNR here (thousands of
-DQC iterations per row exceed the CPU budget of the reference tables, which use iters=100, batch=4).
+split (`dobi_variant`; methods/dobi.py: -0.008 dB for "code" on SwinIR-light x2 W4A4 Set5). One departure from
+both: the released code picks the best Set5 checkpoint and then reports Set5 (D8); this project never selects on
+a test set (`select=last`, or `select=val` on held-out training patches). The preset difference was not measured
+in PSNR here (thousands of DQC iterations per row exceed the CPU budget of the reference tables, which use
+iters=100, batch=4).
 """
 from __future__ import annotations
 
