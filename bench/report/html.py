@@ -281,9 +281,9 @@ def _size_chart(records: list[dict], dataset: str, styles: Styles) -> str:
             series.append(svg.Series(f"{name} (measured)", [svg.Point(
                 _measured_size(r) / 1e6, r["psnr"], _tip(r, f"size {_measured_size(r) / 1e6:.3f} MB (measured file)"))
                 for r in measured], style.colour, style.marker, hollow=True))
-    legend.append(svg.LegendEntry("filled: cost model size", "#696969", "o"))
-    if any(s.hollow for s in series):
-        legend.append(svg.LegendEntry("hollow: measured packed file", "#696969", "o", hollow=True))
+    if any(s.hollow for s in series):  # without a measured file every marker is the cost model's: no key needed
+        legend += [svg.LegendEntry("filled: cost model size", "#696969", "o"),
+                   svg.LegendEntry("hollow: measured packed file", "#696969", "o", hollow=True)]
     return svg.render_chart(svg.Chart(f"{dataset}: PSNR vs model size", "model size (MB)", "PSNR (dB, Y)", series,
                                       y_range=psnr_limits([r["psnr"] for r in mine]), legend=legend,
                                       note=tie_note([r["psnr"] for r in mine if is_quantized(r)])))

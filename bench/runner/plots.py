@@ -181,8 +181,8 @@ def _size_legend(records: list[dict], styles: Styles, measured: bool) -> list:
     labels = sorted(dict.fromkeys(r["label"] for r in shown), key=lambda label: _is_quantized(first_of[label]))
     handles = [Line2D([], [], linestyle="", markersize=8, label=styles.name(first_of[label]), **styles.mpl(label))
                for label in labels]
-    handles.append(Line2D([], [], linestyle="", marker="o", color="dimgrey", label="filled: cost model size"))
-    if measured:
+    if measured:  # without a measured file every marker is the cost model's: no key needed
+        handles.append(Line2D([], [], linestyle="", marker="o", color="dimgrey", label="filled: cost model size"))
         handles.append(Line2D([], [], linestyle=":", marker="o", color="dimgrey", markerfacecolor="none",
                               label="hollow: measured packed file"))
     return handles
