@@ -8,7 +8,6 @@ from pathlib import Path
 
 from bench.threads import add_threads_arg
 
-
 # Where `bench table --output FILE --keep-preamble` starts writing (the reference tables' notes stay above it).
 TABLE_MARKER = "<!-- bench table -->"
 
