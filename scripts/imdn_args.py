@@ -1,4 +1,4 @@
-"""Command-line options shared by the IMDN reproduction scripts (imdn_w4a4.py, imdn_w8a8.py)."""
+"""Command-line options of scripts/imdn_w8a8.py (the official IMDN checkpoints on the standard test sets)."""
 from __future__ import annotations
 
 import argparse

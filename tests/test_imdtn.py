@@ -138,36 +138,3 @@ def test_set5_x4_psnr_matches_the_card(imdtn, benchmark_root):
     res = evaluate(imdtn, load_dataset("Set5", 4, data_root=benchmark_root), 4, "cpu", lpips=False, progress=False)
     assert round(res.psnr, 2) == get_card("imdtn", 4).measured_psnr["Set5"] == 32.15
     assert round(res.ssim, 4) == 0.8951
-
-
-# ------------------------------------------------------------------------------------ the table script
-
-def _table_script():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / "imdtn_table.py"
-    spec = importlib.util.spec_from_file_location("imdtn_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _row(method, bits, dataset, psnr):
-    return {"method": method, "bits": bits, "params": {"iters": 5} if method == "ptq4sr" else {}, "dataset": dataset,
-            "psnr": psnr, "ssim": 0.5, "seconds": None if bits is None else 1.25, "device": "cpu", "commit": "abc"}
-
-
-def test_table_rows_are_replaced_per_method_bits_and_dataset():
-    table = _table_script()
-    old = [_row("FP32", None, "Set5", 32.15), _row("minmax", 4, "Set5", 22.0), _row("minmax", 4, "Set14", 21.0),
-           _row("minmax", 2, "Set5", 10.0), _row("ptq4sr", 4, "Set5", 25.0)]
-    new = [_row("minmax", 4, "Set5", 23.0), _row("adaround", 4, "Set5", 27.0), _row("adaround", 2, "Set5", 12.0)]
-    merged = table.merge(old, new)
-    assert [(r["method"], r["bits"], r["dataset"], r["psnr"]) for r in merged] == [
-        ("FP32", None, "Set5", 32.15), ("minmax", 4, "Set5", 23.0), ("minmax", 4, "Set14", 21.0),
-        ("ptq4sr", 4, "Set5", 25.0), ("adaround", 4, "Set5", 27.0), ("minmax", 2, "Set5", 10.0),
-        ("adaround", 2, "Set5", 12.0)]
-    lines = table.markdown(merged).splitlines()
-    assert "| FP32 | - | defaults | Set5 | 32.15 | 0.5000 | - | cpu | abc |" in lines
-    assert "| ptq4sr | W4A4 | iters=5 | Set5 | 25.00 | 0.5000 | 1.2 | cpu | abc |" in lines
-    assert table.parse_params(["adaround.iters=200", "adaround.loss=mse"]) == {"adaround": {"iters": 200, "loss": "mse"}}
