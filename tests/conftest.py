@@ -105,7 +105,10 @@ def _within(path: Path, folders) -> bool:
 
 
 def watched_folders() -> dict[str, list[Path]]:
-    """Area -> folders compared file by file. The source tree is compared separately (`_source_digests`)."""
+    """Area -> folders compared file by file (the source tree: `_source_digests`). ~/.cache is compared whole: no
+    tool of the suite writes there once XDG_CACHE_HOME is redirected, but another process of the user may (another
+    `bench` run, a browser), and a comparison cannot tell whose write it was: set BENCH_TEST_NO_ISOLATION_CHECK=cache
+    then, as =source while files of the tree are edited during the run."""
     caches = list(dict.fromkeys([HOME_CACHE, USER_XDG_CACHE]))
     caches += [USER_CACHE] if not _within(USER_CACHE, caches) else []
     shared = [SHARED] + ([USER_DATA_ROOT] if not _within(USER_DATA_ROOT, [REPO]) else [])
@@ -127,10 +130,11 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def _source_digests(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, str]:
-    """sha256 of every file of the source tree, tracked or not, except .git and Python bytecode (*.pyc): compiled
-    on import by design. By content, so an editor that saves an unchanged file is no change; numba's cache files
-    (*.nbi, *.nbc, also in __pycache__) are compared like any other file."""
+def _source_digests(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, str | tuple[int, int]]:
+    """Every file of the source tree, tracked or not, except .git and Python bytecode (*.pyc: compiled on import by
+    design): its sha256 up to 1 MiB (an editor saving an unchanged file is no change), (size, mtime) above (the default
+    data root, datasets/, may hold gigabytes of images). numba's cache files (*.nbi, *.nbc, also in __pycache__)
+    count like any other file."""
     found = {}
     for folder, subfolders, files in os.walk(root):
         here = Path(folder)
@@ -138,8 +142,12 @@ def _source_digests(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, str]:
         for name in files:
             if name.endswith(".pyc"):
                 continue
+            path = here / name
             try:
-                found[str(here / name)] = hashlib.sha256((here / name).read_bytes()).hexdigest()
+                info = path.stat()
+                small = info.st_size <= 2**20
+                found[str(path)] = (hashlib.sha256(path.read_bytes()).hexdigest() if small
+                                    else (info.st_size, info.st_mtime_ns))
             except OSError:
                 continue
     return found
