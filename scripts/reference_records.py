@@ -32,7 +32,7 @@ from bench.runner.matrix import MatrixSpec, canonical_json, load_matrix  # noqa:
 from bench.runner.plan import matrix_cells  # noqa: E402
 from bench.runner.records import RECORDS_FILE, STATUS_OK, CellRecord, latest_by_key, read_records  # noqa: E402
 from bench.runner.rundir import PLANNED_KEY, RunDir, write_atomic  # noqa: E402
-from bench.runner.stages import weights_identity  # noqa: E402
+from bench.runner.stages import describe_weights, weights_identity  # noqa: E402
 
 # Names the scripts wrote for the baselines.
 BASELINE_NAMES = {"FP32": "fp", "bicubic": "bicubic"}
@@ -41,7 +41,8 @@ IMAGES = {"Set5": 5, "Set14": 14}
 
 
 def row_identity(row: dict, default_bits: int) -> tuple:
-    """(model, scale, method, params, bits, dataset) of a script row; the IMDN script's W4A4 rows had no bits."""
+    """(model, scale, method, params, bits, dataset) of a script row; the IMDN script's W4A4 rows had no bits,
+    the SwinIR scripts wrote them as "4/4"."""
     method = BASELINE_NAMES.get(row["method"], row["method"])
     if method == "fp":
         bits = (32, 32)
@@ -49,7 +50,7 @@ def row_identity(row: dict, default_bits: int) -> tuple:
         bits = None
     else:
         b = row.get("bits") or default_bits
-        bits = (b, b)
+        bits = tuple(int(x) for x in b.split("/")) if isinstance(b, str) else (b, b)
     return row["model"], row["scale"], method, canonical_json(row.get("params") or {}), bits, row["dataset"]
 
 
@@ -66,8 +67,9 @@ def converted(row: dict, cell: Cell, matrix: MatrixSpec, run: RunDir, weights_di
         a_bits=cell.bits.a if cell.bits else None, dataset=cell.dataset.name, dataset_label=cell.dataset.label,
         status=STATUS_OK, images=IMAGES.get(cell.dataset.name, 0), expected_images=IMAGES.get(cell.dataset.name),
         psnr=row["psnr"], ssim=row["ssim"], calib_seconds=row.get("seconds"),
-        method_description={"reconstruction": row["reconstruction"]} if "reconstruction" in row else None,
-        weights="official", device="cpu", device_name=row.get("device"), torch_version=row.get("torch"),
+        method_description={k: row[k] for k in ("reconstruction", "notes") if row.get(k)} or None,
+        weights=describe_weights(cell.model, cell.scale, weights_dir), device="cpu", device_name=row.get("device"),
+        torch_version=row.get("torch"),
         git_commit=row.get("commit"), seed=matrix.seed, source=source)
     return json.loads(record.to_json())
 
@@ -95,7 +97,10 @@ def convert(rows: list[dict], matrix: MatrixSpec, run: RunDir, weights_dir: Path
             count += 1
     write_atomic(run.records, "".join(json.dumps(r) + "\n" for r in out).encode())
     meta = run.read_meta()
+    meta.setdefault("name", matrix.name)
     meta[PLANNED_KEY] = [c.key for c in cells]
+    if not run.matrix_copy.is_file():  # as `bench run` leaves it: a rerun with this matrix text adds to the plan
+        write_atomic(run.matrix_copy, Path(matrix.path).read_bytes())
     path = Path(matrix.path).resolve()
     meta["matrix_path"] = str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)  # a committed folder
     run.write_meta(meta)
@@ -110,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights-dir", required=True, type=Path, help="as given to `bench run` (the fingerprints)")
     ap.add_argument("--source", required=True, help="where the rows came from (file, commit, script)")
     ap.add_argument("--default-bits", type=int, default=4, help="bits of rows that do not say (imdn_w4a4.py: 4)")
+    ap.add_argument("--fill", action="append", default=[], metavar="FIELD=JSON",
+                    help="a field the rows lack, e.g. --fill model='\"swinir-light\"' --fill scale=2 (repeatable)")
     args = ap.parse_args(argv)
-    rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
+    fill = {field: json.loads(value) for field, _, value in (item.partition("=") for item in args.fill)}
+    rows = [{**fill, **json.loads(line)} for line in args.rows.read_text().splitlines() if line.strip()]
     count, missing = convert(rows, load_matrix(args.matrix), RunDir(args.run), args.weights_dir, args.source,
                              args.default_bits)
     print(f"{args.run / RECORDS_FILE}: {count} records converted from {args.rows}")
