@@ -35,6 +35,9 @@ USER_XDG_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or HOME_CACHE).expanduser
 USER_CACHE = Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "sr-ptq-bench").expanduser()
 USER_DATA_ROOT = Path(os.environ.get("BENCH_DATA_ROOT") or REPO / "datasets").expanduser()
 USER_TMP = Path(tempfile.gettempdir())
+# pytest-benchmark makes its (empty) storage folder in the current directory when it is configured, even with
+# --benchmark-skip: read before that, so that the session removes it again when it made it.
+BENCHMARKS_EXISTED = (Path.cwd() / ".benchmarks").exists()
 
 # The CI machine has 2 cores. BENCH_TEST_THREADS=1 when the CPU is shared with another job: oversubscribed
 # OpenMP threads slow inference down by an order of magnitude.
@@ -224,7 +227,6 @@ def pytest_sessionstart(session) -> None:
     # run before function-scoped ones (one used to fill the user's cache).
     config = session.config
     config._user_places_before = user_places(_skip_in_source(config))
-    config._benchmarks_existed = (REPO / ".benchmarks").exists()
     config._session_folders = redirect_session_folders(config._tmp_path_factory.getbasetemp())
 
 
@@ -237,9 +239,9 @@ def pytest_unconfigure(config) -> None:
 def pytest_sessionfinish(session, exitstatus) -> None:
     config = session.config
     before = getattr(config, "_user_places_before", None)
-    if not getattr(config, "_benchmarks_existed", True):
-        try:  # pytest-benchmark makes its (empty) storage folder in the current directory at start, even when skipped
-            (REPO / ".benchmarks").rmdir()
+    if not BENCHMARKS_EXISTED:
+        try:
+            (Path(config.invocation_params.dir) / ".benchmarks").rmdir()  # only while empty
         except OSError:
             pass
     skip = skipped_areas(os.environ.get(NO_CHECK_ENV))
