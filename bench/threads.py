@@ -16,6 +16,8 @@ tests/conftest.py; a user's own value always wins):
     (measured, 983,040 float32 elements: allocate and fill 0.58 -> 0.14 ms on one thread; a clamp into a new
     tensor 1.79 -> 0.25 ms on two, where the faults also serialise the threads). Set
     BENCH_KEEP_FREED_MEMORY=0 to keep glibc's default (the process then returns freed memory to the system).
+  * NUMBA_CACHE_DIR=$BENCH_CACHE/numba (default ~/.cache/sr-ptq-bench/numba): numba would otherwise write
+    its kernel cache into bench/quant/__pycache__, inside the source tree.
 The intra-op thread count (`configure_threads`) is by default the CPUs this process may run on.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import ctypes
 import ctypes.util
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from bench.errors import ConfigError
 
@@ -46,7 +49,17 @@ def runtime_defaults(environ: Mapping[str, str]) -> dict[str, str]:
     missing = {name: value for name, value in RUNTIME_DEFAULTS.items() if name not in environ}
     if "OMP_WAIT_POLICY" in environ:
         missing.pop("GOMP_SPINCOUNT", None)
+    if "NUMBA_CACHE_DIR" not in environ:
+        missing["NUMBA_CACHE_DIR"] = str(numba_cache_dir(environ))
     return missing
+
+
+def numba_cache_dir(environ: Mapping[str, str]) -> Path:
+    """numba's compiled kernels go to the project's cache ($BENCH_CACHE/numba, as bench.data.paths.cache_dir),
+    not next to bench/quant/bin_sums.py, where numba puts them by default: a run never writes into the source
+    tree (issue 28)."""
+    cache = environ.get("BENCH_CACHE")
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache" / "sr-ptq-bench") / "numba"
 
 
 def prepare_runtime() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import pytest
 
@@ -10,8 +11,14 @@ from bench.threads import keep_freed_memory, runtime_defaults
 
 
 def test_defaults_fill_only_what_the_environment_leaves_open():
-    assert runtime_defaults({}) == {"GOMP_SPINCOUNT": "2000", "THP_MEM_ALLOC_ENABLE": "1"}
-    assert runtime_defaults({"GOMP_SPINCOUNT": "0"}) == {"THP_MEM_ALLOC_ENABLE": "1"}
+    numba = {"NUMBA_CACHE_DIR": "/c/numba"}
+    assert runtime_defaults({"BENCH_CACHE": "/c"}) == {"GOMP_SPINCOUNT": "2000", "THP_MEM_ALLOC_ENABLE": "1", **numba}
+    assert runtime_defaults({"BENCH_CACHE": "/c", "GOMP_SPINCOUNT": "0"}) == {"THP_MEM_ALLOC_ENABLE": "1", **numba}
+    assert runtime_defaults({"NUMBA_CACHE_DIR": "/mine"}) == {"GOMP_SPINCOUNT": "2000", "THP_MEM_ALLOC_ENABLE": "1"}
+
+
+def test_numba_caches_in_the_projects_cache_not_in_the_source_tree():
+    assert runtime_defaults({})["NUMBA_CACHE_DIR"] == str(Path.home() / ".cache" / "sr-ptq-bench" / "numba")
 
 
 @pytest.mark.parametrize("policy", ["PASSIVE", "ACTIVE"])
