@@ -86,3 +86,35 @@ def test_bad_mixed_bits_are_one_line_errors(tmp_path, calib_dir, capsys):
                      "--bits", bits, "--calib", str(calib_dir), "--out", str(tmp_path / "q.pt")])
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+# ------------------------------------------------------------------------------- a matrix with a mixed cell
+
+MIXED_MATRIX = """\
+name: mixed
+models: [{name: fsrcnn, scales: [2], weights: shipped, scope: ptq4sr}]
+datasets: [{name: sample, crop: 24, max_images: 2}]
+bits: [4, {mixed: {like: 4, candidates: [2, 8], criterion: mse}}]
+methods: [emmse]
+calibration: {n: 2, patch: 24, seed: 0, train_dir: sample-train}
+latency: {runs: 0}
+cost: {lr_size: 16}
+"""
+
+
+def test_a_matrix_mixed_cell_records_its_per_layer_bits_within_the_uniform_budget(tmp_path):
+    from bench.runner.execute import RunOptions, run_matrix
+    from bench.runner.matrix import load_matrix
+    from bench.runner.records import read_records
+    path = tmp_path / "mixed.yaml"
+    path.write_text(MIXED_MATRIX, encoding="utf-8")
+    run_matrix(load_matrix(path), RunOptions(out=tmp_path / "run", progress=False))
+    records = {r["key"]: r for r in read_records(tmp_path / "run" / "records.jsonl")}
+    uniform = records["fsrcnn/x2/emmse/W4A4/sample[crop24,n2]"]
+    mixed = records["fsrcnn/x2/emmse/mixed4-c2.8/sample[crop24,n2]"]
+    assert mixed["status"] == uniform["status"] == "ok"
+    chosen = mixed["method_description"]["mixed"]
+    assert set(map(tuple, chosen["layer_bits"].values())) <= {(2, 2), (8, 8)} and len(chosen["layer_bits"]) == 6
+    assert mixed["model_size_bytes"] == chosen["size_bytes"] <= uniform["model_size_bytes"]
+    assert chosen["budget"]["size_bytes"] == uniform["model_size_bytes"]
+    assert mixed["psnr"] != uniform["psnr"]

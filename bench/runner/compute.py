@@ -273,15 +273,25 @@ class TaskRunner:
         else:
             _seed_everything(self.matrix.seed)
             batch, val = self.calib_batch(cell.scale)
+            layer_bits, mixed = None, None
+            if cell.bits.mixed is not None:  # mixed precision: the method's own per-layer bits first
+                layer_bits, mixed = stages.mixed_layer_bits(
+                    fp_model, cell.model.name, cell.scale, cell.bits.mixed, cell.method.name, cell.method.params,
+                    cell.model.scope, batch, self.matrix.calibration, self.calib_dir, self.device)
             qmodel, seconds, description = stages.calibrate(
                 fp_model, cell.method.name, cell.method.params, cell.bits.w, cell.bits.a, batch, val,
                 self.calib_dir, self.device, cell.model.scope, self.matrix.seed, self.settings.progress,
-                prepare=lambda method: self.bounds_memo.offer(cell, method))
+                # stage-one bounds of another cell have other per-layer bits under mixed precision
+                prepare=None if mixed else (lambda method: self.bounds_memo.offer(cell, method)),
+                layer_bits=layer_bits)
+            if mixed is not None:
+                description = {**description, "mixed": mixed}  # the record's chosen per-layer bits
             cached = False
             bounds = _dump_bounds(qmodel, {"calib_key": task.calib_key, "calib_seconds": seconds,
                                            "method_description": description})
             event = Calibrated(task.calib_key, fingerprint, seconds, bounds)
-        self.bounds_memo.remember(cell, description, qmodel, seconds)
+        if cell.bits.mixed is None:
+            self.bounds_memo.remember(cell, description, qmodel, seconds)
         lat = self.matrix.latency
         latency = interleaved_timings([fp_model, qmodel], lat.lr_size, lat.runs, self.device, seed=self.matrix.seed)
         return qmodel, _Calibration(seconds, cached, description, self._cost(cell, qmodel), latency,

@@ -80,10 +80,11 @@ _METHOD_KEYS = {"name", "label", "params", "bits"}
 class Bits:
     w: int
     a: int
+    mixed: Any = None  # bench.mixed.spec.MixedSpec: per-layer bits within uniform W{w}A{a}'s size and BOPs
 
     @property
     def label(self) -> str:
-        return f"W{self.w}A{self.a}"
+        return self.mixed.tag if self.mixed is not None else f"W{self.w}A{self.a}"
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,9 @@ def parse_bits(value: Any, check: _Checker, where: str = "bits") -> Bits:
     fix = f"use integers {MIN_BITS}-{MAX_BITS} (W=A), e.g. [4, 3, 2], or 'w4a8' / {{w: 4, a: 8}}"
     if isinstance(value, bool):
         check.fail(f"bad bits {value!r} in `{where}`; {fix}")
+    mixed = _parse_mixed(value, check, where)
+    if mixed is not None:
+        return Bits(mixed.like, mixed.like, mixed)
     if isinstance(value, int):
         w = a = value
     elif isinstance(value, str) and re.fullmatch(r"[wW](\d+)[aA](\d+)", value.strip()):
@@ -326,6 +330,21 @@ def parse_bits(value: Any, check: _Checker, where: str = "bits") -> Bits:
         if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
             check.fail(f"bad bits {value!r} in `{where}`; {fix} (full precision is the `fp` baseline)")
     return Bits(w, a)
+
+
+def _parse_mixed(value: Any, check: _Checker, where: str):
+    """`{mixed: {like: 4, candidates: [...], criterion: ...}}` or "mixed:4" -> MixedSpec (None otherwise)."""
+    if not (isinstance(value, dict) and "mixed" in value) and not (isinstance(value, str) and "mixed" in value):
+        return None
+    from bench.mixed.spec import parse_mixed
+    try:
+        spec = parse_mixed(value, where)
+    except ConfigError as exc:
+        check.fail(str(exc))
+    if spec is None:
+        check.fail(f"bad bits {value!r} in `{where}`; write {{mixed: {{like: 4, candidates: [2, 3, 4, 6, 8], "
+                   f"criterion: mse}}}} or 'mixed:4'")
+    return spec
 
 
 def _parse_scales(value: Any, check: _Checker, where: str) -> tuple[int, ...] | str | None:

@@ -194,9 +194,11 @@ def calibration_data(calib: CalibrationSpec, scale: int, folder: Path | None,
 def calibrate(fp_model: nn.Module, method_name: str, params: dict, w_bits: int, a_bits: int,
               batch: torch.Tensor, val_batch: torch.Tensor | None, folder: Path | None, device: torch.device,
               scope: str, seed: int, progress: bool,
-              prepare: Callable[[Any], None] | None = None) -> tuple[nn.Module, float, dict]:
+              prepare: Callable[[Any], None] | None = None,
+              layer_bits: dict | None = None) -> tuple[nn.Module, float, dict]:
     """Quantize a copy of `fp_model` with the method; returns (qmodel, seconds, method.describe()).
-    `prepare(method)` runs before calibration (bench.runner.reuse hands over stage-one bounds there)."""
+    `prepare(method)` runs before calibration (bench.runner.reuse hands over stage-one bounds there).
+    `layer_bits`: per-layer (w, a) bits of a mixed-precision cell (`mixed_layer_bits`)."""
     from bench.quant.pipeline import CalibContext, quantize_with_method
     from methods.registry import create_method
     method = create_method(method_name, **params)
@@ -205,8 +207,23 @@ def calibrate(fp_model: nn.Module, method_name: str, params: dict, w_bits: int, 
     ctx = CalibContext(fp_model=fp_model, calib_batch=batch.to(device), train_dir=folder,
                        val_batch=None if val_batch is None else val_batch.to(device), device=device, seed=seed,
                        progress=progress)
-    qmodel, seconds = quantize_with_method(fp_model, method, w_bits, a_bits, ctx, scope=scope)
+    qmodel, seconds = quantize_with_method(fp_model, method, w_bits, a_bits, ctx, scope=scope, layer_bits=layer_bits)
     return qmodel.eval(), float(seconds), dict(method.describe())
+
+
+def mixed_layer_bits(fp_model: nn.Module, model_name: str, scale: int, spec: Any, method_name: str, params: dict,
+                     scope: str, batch: torch.Tensor, calib: CalibrationSpec, folder: Path | None,
+                     device: torch.device) -> tuple[dict, dict]:
+    """(layer_bits, what the record keeps) of a mixed-precision cell: the method's per-layer sensitivity on
+    held-out patches of the calibration folder, then the exact ILP at the budget (bench.mixed)."""
+    from bench.mixed.sensitivity import score_batch
+    from bench.mixed.spec import mixed_allocation
+    score, source = score_batch(folder, scale, n=calib.n, patch=calib.patch, seed=calib.seed)
+    allocation, sensitivity = mixed_allocation(fp_model, model_name, scale, spec, method_name, params, scope,
+                                               batch, score, train_dir=folder, device=device, seed=calib.seed)
+    return dict(allocation.layer_bits), {"spec": spec.to_dict(), **allocation.to_dict(), "score_patches": source,
+                                         "sensitivity_seconds": sensitivity.seconds,
+                                         "sensitivity_cached": sensitivity.cached}
 
 
 def save_bounds(qmodel: nn.Module, path: Path, meta: dict) -> None:
