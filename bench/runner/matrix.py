@@ -11,7 +11,9 @@ Schema (every key but `models`, `datasets` and `methods`/`baselines` optional):
     datasets:                       # names, or {name, crop, max_images}; or "all"
       - Set5
       - {name: Set14, crop: 48, max_images: 3}   # centre crop of 48x48 LR pixels, first 3 images
-    bits: [4, 3, 2]                 # W=A bits; or "w4a8" / {w: 4, a: 8}
+    bits: [4, 3, 2]                 # W=A bits; or "w4a8" / {w: 4, a: 8}; or mixed precision within uniform
+                                    # W4A4's size and BOPs: {mixed: {like: 4, candidates: [2, 3, 4, 6, 8],
+                                    # criterion: mse|hawq-v2, context: context|alone}} or "mixed:4" (bench.mixed)
     methods:                        # names, or {name, label, params, bits}; or "all" (defaults)
       - minmax
       - {name: 2dquant, label: 2dquant-tiny, params: {iters: 20}}
