@@ -26,7 +26,8 @@ from bench.runner.records import RecordStore, latest_by_key, read_records
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "results" / "reference"
 # table -> (matrix, the cheap cell a test runs again)
-TABLES = {"imdtn-w4a4": ("reference/imdtn-w4a4", "imdtn/x4/minmax/W4A4/Set5")}
+TABLES = {"imdn-w4a4": ("reference/imdn-w4a4", "imdn/x2/minmax/W4A4/Set5"),
+          "imdtn-w4a4": ("reference/imdtn-w4a4", "imdtn/x4/minmax/W4A4/Set5")}
 
 
 def _run_folder(table: str) -> Path:
