@@ -384,7 +384,8 @@ def measure_sensitivity(fp_model: nn.Module, model_name: str, scale: int, settin
 # ------------------------------------------------------------------------------------------ the chart
 
 def plot_sensitivity(result: SensitivityResult, path: str | Path) -> list[Path]:
-    """Grouped bar chart (one group per layer, one bar per candidate, log scale); writes `path` (.png) and the
+    """Grouped bar chart (one group per layer, one bar per candidate; log scale, or in context the change from the
+    context on a symmetric log scale); writes `path` (.png) and the
     same chart as .pdf beside it. Returns both paths."""
     import matplotlib
     matplotlib.use("Agg")
@@ -396,18 +397,24 @@ def plot_sensitivity(result: SensitivityResult, path: str | Path) -> list[Path]:
     x = np.arange(len(layers))
     width = 0.8 / len(pairs)
     fig, ax = plt.subplots(figsize=(max(8.0, 0.28 * len(layers) * max(1, len(pairs) / 3)), 4.5))
-    floor = min((v for row in result.scores.values() for v in row.values() if v > 0), default=1e-12)
+    relative = result.settings.criterion == "mse" and result.settings.context == "context"
+    if relative:  # in context every score sits near the context's MSE: draw the change, both signs
+        values = {pair: [result.scores[layer][pair] - result.baseline for layer in layers] for pair in pairs}
+        largest = max((abs(v) for row in values.values() for v in row), default=1.0) or 1.0
+        ax.set_yscale("symlog", linthresh=largest * 1e-3)
+        ax.axhline(0.0, color="black", lw=0.8)
+        what = (f"output MSE vs FP, minus the context's {result.baseline:.3g}\n(context: uniform "
+                f"W{result.settings.like[0]}A{result.settings.like[1]}; below 0 = better than it)")
+    else:
+        floor = min((v for row in result.scores.values() for v in row.values() if v > 0), default=1e-12)
+        values = {pair: [max(result.scores[layer][pair], floor) for layer in layers] for pair in pairs}
+        ax.set_yscale("log")
+        what = "output MSE vs FP" if result.settings.criterion == "mse" else "HAWQ-V2 Tr(H)/n * ||Q - FP||^2"
     for j, pair in enumerate(pairs):
-        values = [max(result.scores[layer][pair], floor) for layer in layers]
-        ax.bar(x + (j - (len(pairs) - 1) / 2) * width, values, width, label=f"W{pair[0]}A{pair[1]}")
-    if result.settings.criterion == "mse" and result.settings.context == "context" and result.baseline > 0:
-        ax.axhline(result.baseline, color="black", lw=0.8, ls="--",
-                   label=f"context (uniform W{result.settings.like[0]}A{result.settings.like[1]})")
-    ax.set_yscale("log")
+        ax.bar(x + (j - (len(pairs) - 1) / 2) * width, values[pair], width, label=f"W{pair[0]}A{pair[1]}")
     ax.set_xticks(x)
     ax.set_xticklabels(layers, rotation=90, fontsize=7)
-    what = "output MSE vs FP" if result.settings.criterion == "mse" else "HAWQ-V2 Tr(H)/n * ||Q - FP||^2"
-    ax.set_ylabel(what)
+    ax.set_ylabel(what, fontsize=8)
     ax.set_title(f"{result.model} x{result.scale} ({result.scope}): sensitivity per layer, "
                  f"{result.settings.method} bounds, {result.settings.context}", fontsize=10)
     ax.legend(fontsize=7, ncol=len(pairs) + 1)
