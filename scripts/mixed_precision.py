@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--candidates", type=int, nargs="+", default=[2, 3, 4, 6, 8])
     p.add_argument("--score-n", type=int, default=32)
     p.add_argument("--score-patch", type=int, default=64)
+    p.add_argument("--refine", type=int, default=0, help="re-score around the allocation and re-solve, up to N times")
+    p.add_argument("--skip-uniform", action="store_true", help="only the mixed rows")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True, help=".jsonl file (appended)")
     args = p.parse_args()
@@ -78,18 +80,21 @@ def main() -> None:
                 f.write(json.dumps(line) + "\n")
 
     for method in args.methods:
-        qmodel, seconds = calibrate(method)
-        log({"method": method, "bits": f"w{args.like}a{args.like}", "calib_seconds": seconds}, qmodel)
+        if not args.skip_uniform:
+            qmodel, seconds = calibrate(method)
+            log({"method": method, "bits": f"w{args.like}a{args.like}", "calib_seconds": seconds}, qmodel)
         for criterion in args.criteria:
             spec = MixedSpec(args.like, tuple(args.candidates), criterion)
             start = time.perf_counter()
             allocation, sensitivity = mixed_allocation(fp, args.model, args.scale, spec, method,
                                                        create_method(method).describe()["params"], args.scope,
                                                        calib, score, train_dir=args.train_dir,
-                                                       report=lambda msg: print(f"  {msg}", flush=True))
+                                                       report=lambda msg: print(f"  {msg}", flush=True),
+                                                       refine=args.refine)
             allocate_seconds = time.perf_counter() - start
             qmodel, seconds = calibrate(method, allocation.layer_bits)
-            log({"method": method, "bits": spec.tag, "criterion": criterion, "calib_seconds": seconds,
+            log({"method": method, "bits": spec.tag, "criterion": criterion, "refine": args.refine,
+                 "calib_seconds": seconds,
                  "allocation_seconds": allocate_seconds, "sensitivity_seconds": sensitivity.seconds,
                  "sensitivity_cached": sensitivity.cached, "score_patches": score_source,
                  "budget": allocation.to_dict()["budget"],

@@ -56,11 +56,14 @@ def _mse_of(model, qmodel, batch) -> float:
         return float(torch.mean((qmodel(batch).double() - model(batch).double()) ** 2))
 
 
-def _stitched(model, layer, pair, calibrate, like, enabled_rest: bool):
-    """The model with `layer` at `pair`, built by surgery and bounds copied by name (not by swapping modules)."""
-    qmodel = quantize_model(model, QuantConfig(like[0], like[1], "ptq4sr", layer_bits={layer: pair})).eval()
+def _stitched(model, layer, pair, calibrate, like, enabled_rest: bool, context: dict | None = None):
+    """The model with `layer` at `pair` (and the `context` layers at theirs), built by surgery and bounds copied
+    by name from each bit-width's calibration (not by swapping modules)."""
+    layer_bits = {**(context or {}), layer: pair}
+    qmodel = quantize_model(model, QuantConfig(like[0], like[1], "ptq4sr", layer_bits=layer_bits)).eval()
     sources = {name: q for name, q in quantizers(calibrate(like))}
-    sources.update({name: q for name, q in quantizers(calibrate(pair)) if name.startswith(layer + ".")})
+    for path, bits in layer_bits.items():
+        sources.update({name: q for name, q in quantizers(calibrate(bits)) if name.startswith(path + ".")})
     for name, q in quantizers(qmodel):
         assert q.bits == sources[name].bits
         q.set_bounds(sources[name].lower.detach(), sources[name].upper.detach())
@@ -85,6 +88,21 @@ def test_mse_scores_equal_the_output_mse_of_the_model_with_that_layer_changed(se
         assert row[(2, 2)] > row[(8, 8)]
     if context == "context":
         assert all(row[(4, 4)] == result.baseline > 0 for row in result.scores.values())
+
+
+def test_refinement_scores_each_layer_in_the_context_of_an_allocation(setup):
+    model, calib, score = setup
+    allocation = {"b1": (2, 2), "b3": (8, 8)}
+    settings = SensitivitySettings("emmse", scope="ptq4sr", like=4, candidates=CANDIDATES, context_bits=allocation)
+    calibrate = method_calibrator(model, settings, calib)
+    result = measure_sensitivity(model, "net", 1, settings, calib, score, calibrate=calibrate, use_cache=False)
+    assert result.baseline == _mse_of(model, _stitched(model, "b2", (4, 4), calibrate, (4, 4), True, allocation),
+                                      score)
+    for layer in result.layers:
+        for pair in result.settings.candidates:
+            expected = _mse_of(model, _stitched(model, layer, pair, calibrate, (4, 4), True, allocation), score)
+            assert result.scores[layer][pair] == expected, (layer, pair)
+    assert result.scores["b1"][(2, 2)] == result.scores["b3"][(8, 8)] == result.baseline
 
 
 def test_hutchinson_traces_match_the_exact_hessian(setup):

@@ -59,8 +59,13 @@ class SensitivitySettings:
     hutchinson_samples: int = 32
     hutchinson_batch: int = 4
     seed: int = 0
+    # Refinement (context "context", mse): the context is this allocation ((layer, w, a) triples) instead of
+    # uniform `like` bits; a layer's score at its own allocated pair is then the context's MSE.
+    context_bits: tuple = ()
 
     def __post_init__(self) -> None:
+        from bench.quant.surgery import normalize_layer_bits
+        object.__setattr__(self, "context_bits", normalize_layer_bits(self.context_bits))
         object.__setattr__(self, "candidates", candidate_pairs(self.candidates))
         object.__setattr__(self, "like", candidate_pairs([self.like])[0])
         if self.criterion not in CRITERIA:
@@ -192,11 +197,16 @@ def _mse_scores(layers: list[str], settings: SensitivitySettings, calibrate: Cal
     base = copy.deepcopy(calibrate(settings.like if settings.context == "context" else settings.candidates[0]))
     if settings.context == "alone":
         set_quant_enabled(base, False)
+    own = {layer: settings.like for layer in layers}
+    for layer, w, a in settings.context_bits:  # a refinement's context: the current allocation
+        own[layer] = (w, a)
+        if (w, a) != settings.like:
+            _swap(base, layer, copy.deepcopy(calibrate((w, a)).get_submodule(layer)))
     baseline = _output_mse(base, batch, reference)
     scores: dict[str, dict[Pair, float]] = {layer: {} for layer in layers}
     for i, layer in enumerate(layers):
         for pair in settings.candidates:
-            if settings.context == "context" and pair == settings.like:
+            if settings.context == "context" and pair == own[layer]:
                 scores[layer][pair] = baseline  # the context itself: nothing changes
                 continue
             candidate = copy.deepcopy(calibrate(pair).get_submodule(layer))

@@ -7,6 +7,7 @@ candidates (a bare bit-width b means (b, b)).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,14 +77,32 @@ def parse_mixed(value: object, where: str = "bits") -> MixedSpec | None:
 def mixed_allocation(fp_model: nn.Module, model_name: str, scale: int, spec: MixedSpec, method: str,
                      params: dict, scope: str, calib_batch: torch.Tensor, score_batch: torch.Tensor, *,
                      train_dir: Path | None = None, device: str | torch.device = "cpu", seed: int = 0,
-                     report: Callable[[str], None] | None = None) -> tuple[Allocation, SensitivityResult]:
-    """Per-layer bits for `spec`: the method's sensitivity (cached) and the exact ILP at the budget."""
+                     report: Callable[[str], None] | None = None,
+                     refine: int = 0) -> tuple[Allocation, SensitivityResult]:
+    """Per-layer bits for `spec`: the method's sensitivity (cached) and the exact ILP at the budget.
+
+    `refine` (criterion mse, context "context"): up to this many times, score every layer again with the others
+    at the current allocation instead of uniform bits, and solve again (stops when the allocation repeats)."""
+    from bench.mixed.sensitivity import method_calibrator
     settings = SensitivitySettings(method, dict(params), scope, spec.like, spec.candidates, spec.criterion,
                                    spec.context, seed=seed)
+    calibrate = method_calibrator(fp_model, settings, calib_batch, train_dir, device)  # shared by the rounds
     sensitivity = measure_sensitivity(fp_model, model_name, scale, settings, calib_batch, score_batch,
-                                      train_dir=train_dir, device=device, report=report)
+                                      train_dir=train_dir, device=device, report=report, calibrate=calibrate)
     table = CostTable(fp_model, model_name, scale, scope, spec.candidates)
-    return allocate(sensitivity.scores, table, table.budget_like(spec.like)), sensitivity
+    budget = table.budget_like(spec.like)
+    allocation = allocate(sensitivity.scores, table, budget)
+    if spec.criterion != "mse" or spec.context != "context":
+        return allocation, sensitivity
+    for _ in range(refine):
+        settings = dataclasses.replace(settings, context_bits=allocation.layer_bits)
+        sensitivity = measure_sensitivity(fp_model, model_name, scale, settings, calib_batch, score_batch,
+                                          train_dir=train_dir, device=device, report=report, calibrate=calibrate)
+        again = allocate(sensitivity.scores, table, budget)
+        if again.layer_bits == allocation.layer_bits:
+            break
+        allocation = again
+    return allocation, sensitivity
 
 
 __all__ = ["DEFAULT_CANDIDATES", "MixedSpec", "mixed_allocation", "parse_mixed"]
