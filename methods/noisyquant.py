@@ -45,9 +45,10 @@ Paper / official code / this project (issue 26; the bias correction b - W N equa
     no noise, -5.6 % searched and +1.1 % fixed (the 24 fc2 alone: -4.6 % and +1.8 %; fixed at worst +20 %);
     the search picks o + r u on 131 layers, the fixed draw on 7 and no noise on 6, and every layer is at or below
     both no noise and fixed. End to end, IMDTN x4 (official weights, the reference table's protocol, Set5, one
-    thread): W4A4 26.70 dB / SSIM 0.6499 searched vs 26.65 / 0.6447 fixed; W2A2 20.70 / 0.3335 vs 20.76 / 0.3412
-    (36 Linears: 30 or 32 searched, 5 or 2 fixed, 1 or 2 none). Each layer's error is lowered on FP inputs, one
-    layer at a time, so the network's PSNR is not bound to follow: +0.05 dB at W4A4, -0.06 dB at W2A2.
+    thread): W4A4 26.70 dB / SSIM 0.6499 searched vs 26.66 / 0.6439 fixed (results/reference/imdtn-w4a4.md);
+    W2A2 20.70 / 0.3335 vs 20.76 / 0.3414 (36 Linears: 30 or 32 searched, 5 or 2 fixed, 1 or 2 none). Each
+    layer's error is lowered on FP inputs, one layer at a time, so the network's PSNR is not bound to follow:
+    +0.04 dB at W4A4, -0.06 dB at W2A2.
     Calibration time there: 214 s / 119 s searched (CPU shared with other jobs) vs 30 s fixed.
 """
 from __future__ import annotations
