@@ -52,7 +52,7 @@ classification/quant/quantizer.py and test_quant.py):
   W4A4, 2 calibration patches of 16x16: the rounded zero point raises the squared error of the 96 folded inputs by
   0.77 % over the official non-integer one, the clamped log level set that of the 24 attention maps by 0.06 %.
   End to end, IMDTN x4 (official weights, the reference table's calibration), Set5 PSNR, one process, activations
-  and weights swapped between the variants (/tmp scripts, not committed):
+  and weights swapped between the variants (a one-off measurement script):
       | activations / weights | paper / paper | paper / code | code / paper | code / code |
       | W4A4                  | 28.094        | 28.272       | 28.969       | 29.198      |
       | W2A2                  | 7.692         | 17.842       | 7.730        | 18.473      |
