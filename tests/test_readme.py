@@ -67,7 +67,8 @@ def test_the_demo_table_and_time_are_marked_for_the_measurement_that_replaces_th
 
 def _first_column_names(text: str, heading: str) -> set[str]:
     section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+    first_table = section[section.index("\n|"):].split("\n\n", 1)[0]  # the section's first table: the list
+    rows = [line for line in first_table.splitlines() if line.startswith("| ") and not line.startswith("|---")]
     names = set()
     for row in rows[1:]:  # the header row names no model
         cells = [cell.strip() for cell in row.strip("|").split("|")]
