@@ -104,3 +104,10 @@ def test_keep_preamble_replaces_only_the_table(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{target} has no line {TABLE_MARKER}" in err and err.count("\n") == 1
     assert target.read_text() == "no marker\n"
+
+
+def test_every_reference_matrix_has_its_table_and_run_folder():
+    from bench.runner.matrix import available_matrices
+    assert {m for m in available_matrices() if m.startswith("reference/")} == {m for m, _ in TABLES.values()}
+    for table in TABLES:
+        assert (REFERENCE / f"{table}.md").is_file() and (_run_folder(table) / "records.jsonl").is_file()
