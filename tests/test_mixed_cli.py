@@ -47,7 +47,7 @@ def test_quantize_mixed_allocates_within_the_budget_and_records_the_bits(tmp_pat
     qmodel = load_quantized(out, fp_model)
     mixed = qmodel.quant_meta["mixed"]
     assert mixed["spec"] == {"like": 4, "candidates": [[2, 2], [8, 8]], "criterion": "mse",
-                             "context": "context"}
+                             "context": "context", "refine": 0}
     assert mixed["score_patches"].startswith("calib split, seed 1")  # sample-train has 9 images: no val split
     chosen = {path: tuple(bits) for path, bits in mixed["layer_bits"].items()}
     assert qmodel.quant_config.bits_map() == chosen and len(chosen) == 44
@@ -94,7 +94,7 @@ MIXED_MATRIX = """\
 name: mixed
 models: [{name: fsrcnn, scales: [2], weights: shipped, scope: ptq4sr}]
 datasets: [{name: sample, crop: 24, max_images: 2}]
-bits: [4, {mixed: {like: 4, candidates: [2, 8], criterion: mse}}]
+bits: [4, {mixed: {like: 4, candidates: [2, 8], criterion: mse, refine: 1}}]
 methods: [emmse]
 calibration: {n: 2, patch: 24, seed: 0, train_dir: sample-train}
 latency: {runs: 0}
@@ -111,7 +111,7 @@ def test_a_matrix_mixed_cell_records_its_per_layer_bits_within_the_uniform_budge
     run_matrix(load_matrix(path), RunOptions(out=tmp_path / "run", progress=False))
     records = {r["key"]: r for r in read_records(tmp_path / "run" / "records.jsonl")}
     uniform = records["fsrcnn/x2/emmse/W4A4/sample[crop24,n2]"]
-    mixed = records["fsrcnn/x2/emmse/mixed4-c2.8/sample[crop24,n2]"]
+    mixed = records["fsrcnn/x2/emmse/mixed4-r1-c2.8/sample[crop24,n2]"]
     assert mixed["status"] == uniform["status"] == "ok"
     chosen = mixed["method_description"]["mixed"]
     assert set(map(tuple, chosen["layer_bits"].values())) <= {(2, 2), (8, 8)} and len(chosen["layer_bits"]) == 6

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
                    help="with --bits mixed:B: sensitivity criterion (default mse; see `bench sensitivity`)")
     p.add_argument("--mixed-context", choices=("context", "alone"), default="context",
                    help="with --bits mixed:B: score each layer with the others at B bits (default) or FP")
+    p.add_argument("--mixed-refine", type=int, default=0, metavar="N",
+                   help="with --bits mixed:B: re-score each layer around the allocation and solve again, up to N "
+                        "times (criterion mse in context; default 0)")
     p.add_argument("--per-channel-weights", action="store_true", help="per-output-channel weight bounds")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="FP weights file (default: the model's default weights; 'random' for random init)")
@@ -102,7 +105,7 @@ def _mixed_spec(args: argparse.Namespace):
         raise ConfigError(f"--mixed-candidates {args.mixed_candidates!r}: write bit-widths separated by commas, "
                           f"e.g. 2,3,4,6,8") from None
     spec = parse_mixed(args.bits, "--bits")
-    return MixedSpec(spec.like, candidates, args.mixed_criterion, args.mixed_context)
+    return MixedSpec(spec.like, candidates, args.mixed_criterion, args.mixed_context, args.mixed_refine)
 
 
 def _allocate(args: argparse.Namespace, spec, fp_model, batch, method) -> tuple[dict, dict]:

@@ -21,7 +21,7 @@ from bench.mixed.sensitivity import CONTEXTS, CRITERIA, SensitivityResult, Sensi
 from bench.quant.quantizer import MAX_BITS, MIN_BITS
 
 DEFAULT_CANDIDATES = (2, 3, 4, 6, 8)
-_KEYS = {"like", "candidates", "criterion", "context"}
+_KEYS = {"like", "candidates", "criterion", "context", "refine"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class MixedSpec:
     candidates: tuple[Pair, ...] = candidate_pairs(DEFAULT_CANDIDATES)
     criterion: str = "mse"
     context: str = "context"
+    refine: int = 0  # re-score around the allocation and solve again, up to this many times (mse in context)
 
     def __post_init__(self) -> None:
         if isinstance(self.like, bool) or not isinstance(self.like, int) or not MIN_BITS <= self.like <= MAX_BITS:
@@ -40,19 +41,22 @@ class MixedSpec:
             raise ConfigError(f"mixed precision criterion {self.criterion!r}: use one of {', '.join(CRITERIA)}")
         if self.context not in CONTEXTS:
             raise ConfigError(f"mixed precision context {self.context!r}: use one of {', '.join(CONTEXTS)}")
+        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
+            raise ConfigError(f"mixed precision refine={self.refine!r} must be an integer >= 0")
 
     @property
     def tag(self) -> str:
         """e.g. "mixed4" (default settings) or "mixed4-hawq-v2"."""
         extra = [] if self.criterion == "mse" else [self.criterion]
         extra += [] if self.context == "context" else [self.context]
+        extra += [f"r{self.refine}"] if self.refine else []
         extra += [] if self.candidates == candidate_pairs(DEFAULT_CANDIDATES) else \
             ["c" + ".".join(str(w) if w == a else f"{w}x{a}" for w, a in self.candidates)]
         return "-".join([f"mixed{self.like}", *extra])
 
     def to_dict(self) -> dict:
         return {"like": self.like, "candidates": [list(c) for c in self.candidates], "criterion": self.criterion,
-                "context": self.context}
+                "context": self.context, "refine": self.refine}
 
 
 def parse_mixed(value: object, where: str = "bits") -> MixedSpec | None:
@@ -78,11 +82,12 @@ def mixed_allocation(fp_model: nn.Module, model_name: str, scale: int, spec: Mix
                      params: dict, scope: str, calib_batch: torch.Tensor, score_batch: torch.Tensor, *,
                      train_dir: Path | None = None, device: str | torch.device = "cpu", seed: int = 0,
                      report: Callable[[str], None] | None = None,
-                     refine: int = 0) -> tuple[Allocation, SensitivityResult]:
+                     refine: int | None = None) -> tuple[Allocation, SensitivityResult]:
     """Per-layer bits for `spec`: the method's sensitivity (cached) and the exact ILP at the budget.
 
-    `refine` (criterion mse, context "context"): up to this many times, score every layer again with the others
-    at the current allocation instead of uniform bits, and solve again (stops when the allocation repeats)."""
+    `refine` (default: spec.refine; criterion mse, context "context"): up to this many times, score every layer
+    again with the others at the current allocation instead of uniform bits, and solve again (stops when the
+    allocation repeats)."""
     from bench.mixed.sensitivity import method_calibrator
     settings = SensitivitySettings(method, dict(params), scope, spec.like, spec.candidates, spec.criterion,
                                    spec.context, seed=seed)
@@ -94,7 +99,7 @@ def mixed_allocation(fp_model: nn.Module, model_name: str, scale: int, spec: Mix
     allocation = allocate(sensitivity.scores, table, budget)
     if spec.criterion != "mse" or spec.context != "context":
         return allocation, sensitivity
-    for _ in range(refine):
+    for _ in range(spec.refine if refine is None else refine):
         settings = dataclasses.replace(settings, context_bits=allocation.layer_bits)
         sensitivity = measure_sensitivity(fp_model, model_name, scale, settings, calib_batch, score_batch,
                                           train_dir=train_dir, device=device, report=report, calibrate=calibrate)
