@@ -97,6 +97,7 @@ def main() -> None:
                  "calib_seconds": seconds,
                  "allocation_seconds": allocate_seconds, "sensitivity_seconds": sensitivity.seconds,
                  "sensitivity_cached": sensitivity.cached, "score_patches": score_source,
+                 "score_batch": f"{args.score_n}x{args.score_patch}x{args.score_patch}",
                  "budget": allocation.to_dict()["budget"],
                  "layer_bits": {k: list(v) for k, v in allocation.layer_bits.items()}}, qmodel)
 
