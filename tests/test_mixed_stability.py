@@ -16,7 +16,7 @@ def test_imdn_x2_output_mse_ranking_is_stable_across_disjoint_batches(weights_di
     from models import create_model
     fp_model = create_model("imdn", 2, weights=weights_dir / "imdn" / "IMDN_x2.pth")
     settings = SensitivitySettings("dobi", scope="ptq4sr", like=4, candidates=(2, 4))
-    calib = calibration_batch(train_root, 2, n=32, patch=64, seed=0)
+    calib = calibration_batch(train_root, 2, n=16, patch=48, seed=0)  # smaller than the benchmark's: < 30 s
     # 8 held-out patches of 32x32 each (the "val" split: every 10th training image), the two halves disjoint
     held_out = calibration_batch(train_root, 2, n=16, patch=32, seed=0, split="val")
     first, second = held_out[:8], held_out[8:]
@@ -25,4 +25,4 @@ def test_imdn_x2_output_mse_ranking_is_stable_across_disjoint_batches(weights_di
     b = measure_sensitivity(fp_model, "imdn", 2, settings, calib, second, calibrate=calibrate, use_cache=False)
     assert len(a.layers) == 44 and not torch.equal(first, second)
     rho = spearman([a.scores[layer][(2, 2)] for layer in a.layers], [b.scores[layer][(2, 2)] for layer in a.layers])
-    assert rho >= 0.8, rho
+    assert rho >= 0.8, rho  # 0.881 here; 0.859 with the benchmark's 32 x 64x64 calibration (mixed-precision.md)
