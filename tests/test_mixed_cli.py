@@ -102,7 +102,7 @@ cost: {lr_size: 16}
 """
 
 
-def test_a_matrix_mixed_cell_records_its_per_layer_bits_within_the_uniform_budget(tmp_path):
+def test_a_matrix_mixed_cell_records_its_per_layer_bits_within_the_uniform_budget(tmp_path, capsys):
     from bench.runner.execute import RunOptions, run_matrix
     from bench.runner.matrix import load_matrix
     from bench.runner.records import read_records
@@ -118,3 +118,7 @@ def test_a_matrix_mixed_cell_records_its_per_layer_bits_within_the_uniform_budge
     assert mixed["model_size_bytes"] == chosen["size_bytes"] <= uniform["model_size_bytes"]
     assert chosen["budget"]["size_bytes"] == uniform["model_size_bytes"]
     assert mixed["psnr"] != uniform["psnr"]
+    capsys.readouterr()
+    assert main(["table", "--run", str(tmp_path / "run"), "--no-deployment"]) == 0
+    rows = [line.split("|")[1:3] for line in capsys.readouterr().out.splitlines() if line.startswith("| EMMSE")]
+    assert [bits.strip() for _, bits in rows] == ["4", "mixed4-r1-c2.8"]  # the mixed cell right after its budget's

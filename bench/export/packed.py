@@ -154,7 +154,7 @@ def save_packed(qmodel: nn.Module, path: str | Path, meta: dict | None = None) -
     tensors, layout = packed_tensors(qmodel)
     metadata = {
         "format": FORMAT, "version": str(VERSION),
-        "config": json.dumps({**asdict(config), "scope": getattr(qmodel, "quant_scope", config.scope)}),
+        "config": json.dumps({**config.to_record(), "scope": getattr(qmodel, "quant_scope", config.scope)}),
         "meta": json.dumps(dict(meta or {}), default=str),
         "layout": json.dumps(layout),
         # activation quantizers of a non-uniform type (log2, log-sqrt2, twin-uniform), rebuilt by load_packed

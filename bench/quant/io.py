@@ -9,7 +9,6 @@ files load as before (uniform quantizers, no state, no rewritten tensors).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ def save_quantized(qmodel: nn.Module, path: str | Path, meta: dict | None = None
         "format": FORMAT,
         "version": VERSION,
         # The resolved scope, so that loading does not depend on how "auto" resolves later.
-        "config": {**asdict(config), "scope": getattr(qmodel, "quant_scope", config.scope)},
+        "config": {**config.to_record(), "scope": getattr(qmodel, "quant_scope", config.scope)},
         "quantizers": {
             # Python floats (exact for float32) rather than one tensor record per scalar: a smaller file.
             name: {"lower": q.lower.detach().cpu().flatten().tolist(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -71,6 +71,14 @@ class QuantConfig:
     def tag(self) -> str:
         """e.g. "w4a4"; "w4a4+mixed" when some layers have their own bits."""
         return f"w{self.w_bits}a{self.a_bits}" + ("+mixed" if self.layer_bits else "")
+
+    def to_record(self) -> dict:
+        """The fields as saved files store them; `layer_bits` only when set, so that a uniform quantization's
+        files are byte for byte those written before per-layer bits existed."""
+        record = asdict(self)
+        if not self.layer_bits:
+            del record["layer_bits"]
+        return record
 
     def bits_map(self) -> dict[str, tuple[int, int]]:
         """{layer path: (w_bits, a_bits)} of `layer_bits`."""

@@ -221,7 +221,8 @@ def mixed_layer_bits(fp_model: nn.Module, model_name: str, scale: int, spec: Any
     score, source = score_batch(folder, scale, n=calib.n, patch=calib.patch, seed=calib.seed)
     allocation, sensitivity = mixed_allocation(fp_model, model_name, scale, spec, method_name, params, scope,
                                                batch, score, train_dir=folder, device=device, seed=calib.seed)
-    return dict(allocation.layer_bits), {"spec": spec.to_dict(), **allocation.to_dict(), "score_patches": source,
+    return dict(allocation.layer_bits), {"spec": spec.to_dict(), "tag": spec.tag, **allocation.to_dict(),
+                                         "score_patches": source,
                                          "sensitivity_seconds": sensitivity.seconds,
                                          "sensitivity_cached": sensitivity.cached}
 

@@ -192,8 +192,12 @@ def _bits_label(record: dict) -> tuple[str, str, tuple]:
         return "-", "bicubic", (1, 0, 0)
     if record["method"] == "fp":
         return "32", "fp", (0, 0, 0)
+    mixed = (record.get("method_description") or {}).get("mixed")
+    if mixed:  # per-layer bits within uniform W{w}A{a}'s budget: right after that uniform row
+        text = mixed.get("tag", f"mixed{w}")
+        return text, f"bits:{text}", (2, -w, -a, text)
     text = str(w) if w == a else f"W{w}A{a}"
-    return text, f"bits:{text}", (2, -w, -a)
+    return text, f"bits:{text}", (2, -w, -a, "")
 
 
 def _dataset_header(name: str, records: list[dict]) -> str:
