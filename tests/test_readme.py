@@ -80,10 +80,13 @@ def _first_column_names(text: str, heading: str) -> set[str]:
 def test_the_readme_lists_every_registered_method_and_model():
     import methods  # noqa: F401  (registers the built-in methods)
     import models  # noqa: F401
-    from methods.registry import list_methods
+    from methods.registry import get_method_class, list_methods
     from models.registry import list_models
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    assert _first_column_names(text, "Methods") == set(list_methods())
+    # the methods the project ships: tests (executors, plugins) register throwaway methods in the same registry
+    shipped = {name for name in list_methods() if get_method_class(name).__module__.startswith("methods.")}
+    assert "minmax" in shipped
+    assert _first_column_names(text, "Methods") == shipped
     assert _first_column_names(text, "Models") == set(list_models())
 
 
