@@ -68,6 +68,47 @@ def test_margins_are_compared_as_printed():
     assert decide([32.61, None], "psnr").winner is None and not decide([32.61, None], "psnr").tie
 
 
+def test_more_printed_digits_keep_the_margin_in_db():
+    # PSNR to 3 decimals (`bench table --digits psnr=3`): 50 steps of 0.001 dB, still a 0.05 dB margin.
+    assert (PSNR_MARGIN.at(3).steps, PSNR_MARGIN.at(3).text()) == (50, "0.050 dB") and PSNR_MARGIN.at(None) is PSNR_MARGIN
+    # The SwinIR-light W2A2 reference table: CondiQuant 35.109 over 2DQuant 35.105, a lead of 0.004 dB: a tie.
+    verdict = decide([35.10476, 35.10872], "psnr", digits=3)
+    assert verdict.tie and verdict.lead == 0.004
+    # Exactly the margin ties at 3 digits as at 2; a lead is read at the printed precision, so 32.661 over
+    # 32.610 (0.051 dB) wins at 3 digits, while at 2 both print a 0.05 dB lead, a tie.
+    assert decide([32.660, 32.610], "psnr", digits=3).tie
+    assert decide([32.661, 32.610], "psnr", digits=3).winner == 0 and decide([32.661, 32.610], "psnr").tie
+    assert decide([0.93161, 0.93110], "ssim", digits=5).winner == 0 and decide([0.93160, 0.93110], "ssim", digits=5).tie
+    with pytest.raises(ValueError, match="psnr printed to 1 decimals cannot show its margin 0.05 dB"):
+        PSNR_MARGIN.at(1)
+
+
+def test_a_table_printed_to_three_decimals_keeps_the_rule():
+    tied = render(build_tables(TIED, deployment=False, digits="psnr=3"), "md")
+    rows = _rows(tied)
+    assert rows["MinMax"] == ["32.609", "0.9309"] and rows["DOBI"] == ["32.611", "0.9310"]
+    assert rows["2DQuant"] == ["32.612", "0.9310"] and "**" not in tied   # a lead of 0.001 dB: a tie
+    assert "Tie: 4-bit sample PSNR (lead 0.001 dB); 4-bit sample SSIM (lead 0.0000)." in tied
+    assert "Bold: lead > 0.05 dB PSNR / > 0.0005 SSIM over the runner-up of its bit group" in tied
+    tables = build_tables(AHEAD, deployment=False, digits={"psnr": 3, "ssim": 5})
+    ahead = render(tables, "md")
+    assert _rows(ahead)["2DQuant"] == ["**32.691**", "**0.93211**"] and ahead.count("**") == 4   # 0.080 dB ahead
+    assert r"2DQuant & 4 & \textbf{32.691} & \textbf{0.93211} \\" in render(tables, "latex")
+    assert "2DQuant,4,0,32.691,0.93211" in render(tables, "csv")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("psnr=1", "psnr prints 2 to 6 decimals (fewer than 2 cannot show its bold margin 0.05 dB)"),
+    ("snr=3", "unknown metric 'snr'"), ("psnr=three", "'three' is not a whole number"), ("psnr", "write metric=decimals")])
+def test_bad_digits_name_the_fix(spec, message):
+    from bench.errors import ConfigError
+    from bench.runner.tables import metric_digits
+    assert metric_digits("psnr=3") == {"psnr": 3, "ssim": 4} and metric_digits(None) == {"psnr": 2, "ssim": 4}
+    with pytest.raises(ConfigError, match="e.g. --digits psnr=3,ssim=4") as error:
+        metric_digits(spec)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("significance", [False, True])
 def test_a_lead_within_the_margin_is_a_tie_everywhere(significance, tmp_path):
     tables = build_tables(TIED, significance=significance, deployment=False)

@@ -34,6 +34,9 @@ def register(subparsers) -> None:
                             "md/LaTeX, p-value columns in csv")
     table.add_argument("--no-deployment", action="store_true",
                        help="leave out the size/latency table (cost model beside measured) under each table")
+    table.add_argument("--digits", default=None, metavar="METRIC=N,...",
+                       help="decimals printed, e.g. psnr=3 where methods differ by hundredths of a dB (default "
+                            "psnr=2,ssim=4); bold still needs a lead > 0.05 dB / 0.0005, read at the printed precision")
     table.set_defaults(func=table_command)
 
     plot = subparsers.add_parser("plot", help="PSNR-vs-bits, PSNR-vs-size and latency figures (PNG + PDF)")
@@ -110,7 +113,7 @@ def table_command(args: argparse.Namespace) -> int:
     run = find_run(args.run, args.results_dir)
     reference = load_reference(args.reference) if args.reference else None
     text = render_run(run.path, args.format, reference, delta=args.reference_mode == "delta",
-                      significance=args.significance, deployment=not args.no_deployment)
+                      significance=args.significance, deployment=not args.no_deployment, digits=args.digits)
     if args.output:
         if args.keep_preamble:
             text = _preamble(args.output) + text

@@ -8,6 +8,8 @@ under the table lists the column as a tie.
 Published numbers (a CSV with columns method,scale,bits,dataset,psnr,ssim) can be shown as reference rows
 under the measured ones, or as delta columns (measured minus published).
 Datasets evaluated on a subset are labelled with their image count, e.g. "Urban100 (10/100)".
+PSNR prints 2 decimals and SSIM 4 (METRICS); `digits` asks for more where methods differ by less (PSNR 3 decimals:
+the SwinIR-light reference tables), and the bold rule then reads the values at that precision, its margins unchanged.
 
 Under each table, when the records carry measured deployment figures (bench.export.measure), a second table puts
 them beside the cost model's theoretical ones, one row per FP/quantized variant (a calibration's figures are the
@@ -27,7 +29,8 @@ from bench.errors import ConfigError
 from bench.runner.winners import MARGINS, decide, rule_text
 
 DATASET_ORDER = ("Set5", "Set14", "B100", "Urban100", "Manga109")
-METRICS = (("psnr", 2), ("ssim", 4))
+METRICS = (("psnr", 2), ("ssim", 4))   # metric, decimals printed by default
+MAX_DIGITS = 6   # float32 images: PSNR/SSIM beyond 6 decimals is noise
 DISPLAY_NAMES = {"fp": "FP", "bicubic": "Bicubic", "minmax": "MinMax", "percentile": "Percentile",
                  "emmse": "EMMSE", "ptq4sr": "DBDC+Pac", "dobi": "DOBI", "2dquant": "2DQuant",
                  "noisyquant": "NoisyQuant", "condiquant": "CondiQuant", "adaround": "AdaRound", "brecq": "BRECQ",
@@ -63,6 +66,35 @@ MISSING = "-"
 
 def _norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", str(text).lower())
+
+
+def metric_digits(spec: str | dict[str, int] | None) -> dict[str, int]:
+    """Decimals printed per metric: METRICS' defaults, overridden by `spec` ("psnr=3,ssim=4" as `bench table
+    --digits` takes it, or a dict). At least the default (so a margin stays whole printed steps), at most MAX_DIGITS."""
+    digits = dict(METRICS)
+    if spec is None:
+        return digits
+    fix = f"write metric=decimals, comma-separated, e.g. --digits psnr=3,ssim=4 (metrics: {', '.join(digits)})"
+    if isinstance(spec, str):
+        pairs = [part.partition("=") for part in spec.split(",") if part.strip()]
+        if not pairs or any(not sep for _, sep, _ in pairs):
+            raise ConfigError(f"bad --digits {spec!r}; {fix}")
+        items = [(name.strip().lower(), value.strip()) for name, _, value in pairs]
+    else:
+        items = list(spec.items())
+    for name, value in items:
+        if name not in digits:
+            raise ConfigError(f"bad --digits {spec!r}: unknown metric {name!r}; {fix}")
+        try:
+            count = int(value)
+        except ValueError:
+            raise ConfigError(f"bad --digits {spec!r}: {value!r} is not a whole number; {fix}") from None
+        if not dict(METRICS)[name] <= count <= MAX_DIGITS:
+            raise ConfigError(f"bad --digits {spec!r}: {name} prints {dict(METRICS)[name]} to {MAX_DIGITS} decimals "
+                              f"(fewer than {dict(METRICS)[name]} cannot show its bold margin {MARGINS[name].text()}); "
+                              f"e.g. --digits psnr=3,ssim=4")
+        digits[name] = count
+    return digits
 
 
 # ------------------------------------------------------------------------------------------- reference
@@ -132,11 +164,12 @@ class Tie:
     dataset: str    # column label
     metric: str
     lead: float     # top minus runner-up, as printed
+    digits: int | None = None   # decimals printed (None: the metric's default)
 
     def text(self, headers: dict[str, str]) -> str:
         bits = f"{self.bits}-bit" if self.bits.isdigit() else self.bits
         return f"{bits} {headers.get(self.dataset, self.dataset)} {self.metric.upper()} " \
-               f"(lead {MARGINS[self.metric].text(self.lead)})"
+               f"(lead {MARGINS[self.metric].at(self.digits).text(self.lead)})"
 
 
 @dataclass
@@ -152,6 +185,7 @@ class Table:
     deployment: Deployment | None = None   # measured size/latency beside the cost model, when recorded
     contested: bool = False      # some bit group has two or more rows: bold is possible, its legend printed
     ties: list[Tie] = field(default_factory=list)
+    digits: dict[str, int] = field(default_factory=lambda: dict(METRICS))   # metric -> decimals printed
 
     @property
     def title(self) -> str:
@@ -222,9 +256,12 @@ def _dataset_order(labels: list[str], names: dict[str, str]) -> list[str]:
 
 
 def build_tables(records: list[dict], reference: list[ReferenceRow] | None = None,
-                 delta: bool = False, significance: bool = False, deployment: bool = True) -> list[Table]:
+                 delta: bool = False, significance: bool = False, deployment: bool = True,
+                 digits: str | dict[str, int] | None = None) -> list[Table]:
     """Tables from the latest record of each cell (errors listed under the table, not as rows); with
-    `deployment`, each table whose records hold measured deployment figures carries its Deployment table."""
+    `deployment`, each table whose records hold measured deployment figures carries its Deployment table;
+    `digits`: decimals per metric (metric_digits), which the bold rule reads the values at."""
+    shown_digits = metric_digits(digits)
     tables = []
     for model, scale in sorted({(r["model"], r["scale"]) for r in records}):
         mine = [r for r in records if r["model"] == model and r["scale"] == scale]
@@ -242,10 +279,10 @@ def build_tables(records: list[dict], reference: list[ReferenceRow] | None = Non
             _add_deltas(rows, refs, names)
         elif refs:
             rows = _interleave_reference(rows, refs, names, columns)
-        table = Table(model, scale, columns, headers, rows, failed, delta and bool(refs))
+        table = Table(model, scale, columns, headers, rows, failed, delta and bool(refs), digits=shown_digits)
         if significance:  # before the bold: a significant test can decide a PSNR column
             _attach_tests(table, ok)
-        table.contested, table.ties = _mark_bold(rows, columns, significance)
+        table.contested, table.ties = _mark_bold(rows, columns, significance, shown_digits)
         if deployment:
             table.deployment = build_deployment(ok, rows)
         tables.append(table)
@@ -376,8 +413,10 @@ def _add_deltas(rows: list[Row], refs: list[ReferenceRow], names: dict[str, str]
             row.deltas[key] = None if measured is None or published is None else measured - published
 
 
-def _mark_bold(rows: list[Row], columns: list[str], significance: bool) -> tuple[bool, list[Tie]]:
-    """Bold the winner of each column of each bit group (bench.runner.winners); (contested, the ties)."""
+def _mark_bold(rows: list[Row], columns: list[str], significance: bool,
+               digits: dict[str, int]) -> tuple[bool, list[Tie]]:
+    """Bold the winner of each column of each bit group (bench.runner.winners), read at the printed `digits`;
+    (contested, the ties)."""
     from bench.report.significance import top_differs_from_all
     groups: dict[str, list[Row]] = {}
     for row in rows:
@@ -390,13 +429,14 @@ def _mark_bold(rows: list[Row], columns: list[str], significance: bool) -> tuple
         contested = True
         for dataset in columns:
             for metric, _ in METRICS:
-                values = [_round(r.values.get((dataset, metric)), MARGINS[metric].digits) for r in members]
+                values = [_round(r.values.get((dataset, metric)), digits[metric]) for r in members]
                 tested = [r.tests.get(dataset) for r, v in zip(members, values) if v is not None]
-                verdict = decide(values, metric, significance and metric == "psnr" and top_differs_from_all(tested))
+                verdict = decide(values, metric, significance and metric == "psnr" and top_differs_from_all(tested),
+                                 digits[metric])
                 if verdict.winner is not None:
                     members[verdict.winner].bold.add((dataset, metric))
                 elif verdict.tie:
-                    ties.append(Tie(members[0].bits, dataset, metric, verdict.lead))
+                    ties.append(Tie(members[0].bits, dataset, metric, verdict.lead, digits[metric]))
     return contested, ties
 
 
@@ -460,7 +500,8 @@ def _fmt_delta(value, digits: int) -> str:
 def _cells(table: Table, row: Row, bold, missing: str = "–", marks: bool = True) -> list[str]:
     cells = []
     for dataset in table.datasets:
-        for metric, digits in METRICS:
+        for metric, _ in METRICS:
+            digits = table.digits[metric]
             text = _fmt(row.values.get((dataset, metric)), digits, missing)
             cells.append((bold(text) if (dataset, metric) in row.bold else text)
                          + (_significance_mark(row, dataset, metric) if marks else ""))
@@ -605,9 +646,9 @@ def render(tables: list[Table], fmt: str) -> str:
 
 
 def render_run(run: str | Path, fmt: str = "md", reference: list[ReferenceRow] | None = None, delta: bool = False,
-               significance: bool = False, deployment: bool = True) -> str:
+               significance: bool = False, deployment: bool = True, digits: str | dict[str, int] | None = None) -> str:
     """The tables of a run folder (the latest record of each cell): what `bench table` prints. With
     `deployment=False` and the other defaults, the main table that `bench run` prints when it ends."""
     from bench.runner.records import RECORDS_FILE, latest_by_key, read_records
     records = list(latest_by_key(read_records(Path(run) / RECORDS_FILE)).values())
-    return render(build_tables(records, reference, delta, significance, deployment), fmt)
+    return render(build_tables(records, reference, delta, significance, deployment, digits), fmt)

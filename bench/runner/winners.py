@@ -2,22 +2,23 @@
 
 The rule, the same in `bench table` (md, LaTeX), `bench run`'s printout, the significance tests and `bench report`:
 the top value of a column wins only when its lead over the runner-up is larger than the metric's margin, both
-read as printed (PSNR to 2 decimals, SSIM to 4), so a reader can check every bold cell against the numbers beside
-it. Where the Wilcoxon tests were run (`--significance`, the HTML report), a PSNR lead within the margin also wins
-when the paired test says the top method differs significantly from every other method of its group. Anything
-else is a tie: no bold, no "best".
+read as printed (PSNR to 2 decimals, SSIM to 4, or the decimals `bench table --digits` asks for: the margins stay
+0.05 dB and 0.0005, compared at the printed precision), so a reader can check every bold cell against the numbers
+beside it. Where the Wilcoxon tests were run (`--significance`, the HTML report), a PSNR lead within the margin
+also wins when the paired test says the top method differs significantly from every other method of its group.
+Anything else is a tie: no bold, no "best".
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
 class Margin:
     """A lead must be larger than `value` (in the metric's unit) to win; values are compared as printed."""
     metric: str
-    digits: int        # decimals printed in every table
+    digits: int        # decimals a table prints by default (the fewest at which the margin is whole printed steps)
     value: float
     unit: str          # as written after a number: " dB" or ""
 
@@ -32,6 +33,16 @@ class Margin:
 
     def text(self, value: float | None = None) -> str:
         return f"{self.value if value is None else value:.{self.digits}f}{self.unit}"
+
+    def at(self, digits: int | None) -> Margin:
+        """The same margin read at `digits` printed decimals (None: the default). More decimals make more steps
+        of the same size in dB: at 3 decimals the PSNR margin is 50 steps of 0.001 dB, still 0.05 dB."""
+        if digits is None or digits == self.digits:
+            return self
+        if digits < self.digits:
+            raise ValueError(f"{self.metric} printed to {digits} decimals cannot show its margin {self.text()}; "
+                             f"print at least {self.digits}")
+        return replace(self, digits=digits)
 
 
 # PSNR: 0.05 dB, five steps of the printed 0.01 dB. The same quantized cell moves by up to that much when only
@@ -59,13 +70,15 @@ class Verdict:
         return self.winner is None and self.lead is not None
 
 
-def decide(values: Sequence[float | None], metric: str, significant: bool = False) -> Verdict:
-    """Who wins among `values` (None: no value, takes no part).
+def decide(values: Sequence[float | None], metric: str, significant: bool = False,
+           digits: int | None = None) -> Verdict:
+    """Who wins among `values` (None: no value, takes no part), read at `digits` decimals (None: the metric's
+    default, Margin.digits).
 
     `significant`: the paired Wilcoxon test applies to every other member of the group and finds each
     significantly different from the top one (bench.report.significance.top_differs_from_all). It lets a
     PSNR lead within the margin win, never a lead of zero at printed precision."""
-    margin = MARGINS[metric]
+    margin = MARGINS[metric].at(digits)
     shown = sorted(((margin.printed(v), i) for i, v in enumerate(values) if v is not None), reverse=True)
     if len(shown) < 2:
         return Verdict(None, None)
