@@ -193,6 +193,9 @@ def check_names(args: argparse.Namespace, command: Command) -> None:
         if getattr(args, "scope", None):
             validate.check_scope(args.scope)
         if hasattr(args, "w_bits"):
+            if isinstance(getattr(args, "bits", None), str):  # --bits mixed:B: its budget's uniform bits
+                from bench.mixed.spec import parse_mixed
+                args.bits = parse_mixed(args.bits, "--bits").like
             validate.bits_from_args(args)
         if getattr(args, "dataset", None):
             assert args.dataset in known_dataset_names(), (
