@@ -1,13 +1,14 @@
 """The reference tables in results/reference/ that a benchmark run can express are matrices
 (matrices/reference/) and `bench table` output of a committed run folder (results/reference/runs/<name>):
 
-* each table's text below its `<!-- bench table -->` line is what `bench table --no-deployment` prints from
-  the run folder today, and the command at the top of the file regenerates it;
+* each table's text below its `<!-- bench table -->` line is what `bench table --no-deployment` (with the
+  table's own flags: `--digits psnr=3` for the SwinIR-light tables, whose methods differ by hundredths of a dB)
+  prints from the run folder today, and the command at the top of the file regenerates it;
 * the run folder is a complete run of its matrix: one ok record per cell, with the fingerprint `bench run`
   gives that cell (so `bench run` into it computes nothing);
 * one cheap cell of each matrix, run again with `bench run --only ...`, gives its committed PSNR to 0.01 dB
   (IMDN x2 MinMax W4A4 on Set5, IMDTN x4 MinMax W4A4 on Set5: about 35 s each on one thread; they need the
-  shared folder and skip without it).
+  shared folder and skip without it). SwinIR-light x2: the FP cell of one table (the note at TABLES says why).
 """
 from __future__ import annotations
 
@@ -25,9 +26,16 @@ from bench.runner.records import RecordStore, latest_by_key, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "results" / "reference"
-# table -> (matrix, the cheap cell a test runs again)
-TABLES = {"imdn-w4a4": ("reference/imdn-w4a4", "imdn/x2/minmax/W4A4/Set5"),
-          "imdtn-w4a4": ("reference/imdtn-w4a4", "imdtn/x4/minmax/W4A4/Set5")}
+# table -> (matrix, the cheap cell a test runs again or None, the `bench table` flags of its command)
+TABLES = {"imdn-w4a4": ("reference/imdn-w4a4", "imdn/x2/minmax/W4A4/Set5", ""),
+          "imdtn-w4a4": ("reference/imdtn-w4a4", "imdtn/x4/minmax/W4A4/Set5", ""),
+          "swinir-light-vit-ptq": ("reference/swinir-light-vit-ptq", "swinir-light/x2/fp/FP/Set5", "--digits psnr=3"),
+          "swinir-light-w4a4-noisy-condi": ("reference/swinir-light-w4a4-noisy-condi", None, "--digits psnr=3"),
+          "swinir-light-w2a2-noisy-condi": ("reference/swinir-light-w2a2-noisy-condi", None, "--digits psnr=3")}
+# SwinIR-light x2: the FP cell of one table (28 s on one thread), not a quantized one: the cheapest, MinMax W4A4
+# Set5, takes 72 s on one thread (measured with the cell's own `bench run --only`), the others minutes. The three
+# tables' FP records are one measurement (test_swinir_light_tables_share_one_fp_record), so one rerun covers them.
+RERUN = sorted(table for table, (_, cell, _) in TABLES.items() if cell)
 
 
 def _run_folder(table: str) -> Path:
@@ -44,15 +52,15 @@ def test_table_is_bench_table_output_of_its_run_folder(table, capsys):
     text = (REFERENCE / f"{table}.md").read_text(encoding="utf-8")
     preamble, marker, body = text.partition(TABLE_MARKER + "\n")
     assert marker, f"{table}.md has no {TABLE_MARKER} line"
-    assert main(["table", "--run", str(_run_folder(table)), "--no-deployment"]) == 0
+    matrix, _, flags = TABLES[table]
+    assert main(["table", "--run", str(_run_folder(table)), "--no-deployment", *flags.split()]) == 0
     printed = capsys.readouterr().out
     assert body == "\n" + printed, (f"results/reference/{table}.md differs from `bench table`: regenerate it with "
                                     f"the bench table command at its top")
-    matrix, _ = TABLES[table]
     command = (f"bench run --matrix {matrix} --data-root SHARED/data/benchmark --weights-dir SHARED/weights "
                f"--calib SHARED/data/train --threads 1 --out results/reference/runs/{table} && "
-               f"bench table --run results/reference/runs/{table} --no-deployment --output "
-               f"results/reference/{table}.md --keep-preamble")
+               f"bench table --run results/reference/runs/{table} --no-deployment {flags + ' ' if flags else ''}"
+               f"--output results/reference/{table}.md --keep-preamble")
     assert command in preamble.replace("\\\n", "").replace("\n", " ")
 
 
@@ -75,9 +83,9 @@ def test_bench_run_into_the_run_folder_computes_nothing(table, weights_dir):
     assert len(work.plan.cells) == len(_records(table)) and work.pending == []
 
 
-@pytest.mark.parametrize("table", sorted(TABLES))
+@pytest.mark.parametrize("table", RERUN)
 def test_one_cell_run_again_gives_the_committed_psnr(table, tmp_path, benchmark_root, weights_dir, train_root):
-    matrix_name, key = TABLES[table]
+    matrix_name, key, _ = TABLES[table]
     model, scale, method, bits, dataset = key.split("/")
     only = {"model": {model}, "scale": {scale}, "label": {method}, "bits": {bits}, "dataset": {dataset}}
     stats = run_matrix(load_matrix(matrix_name), RunOptions(
@@ -108,6 +116,13 @@ def test_keep_preamble_replaces_only_the_table(tmp_path, capsys):
 
 def test_every_reference_matrix_has_its_table_and_run_folder():
     from bench.runner.matrix import available_matrices
-    assert {m for m in available_matrices() if m.startswith("reference/")} == {m for m, _ in TABLES.values()}
+    assert {m for m in available_matrices() if m.startswith("reference/")} == {m for m, _, _ in TABLES.values()}
     for table in TABLES:
         assert (REFERENCE / f"{table}.md").is_file() and (_run_folder(table) / "records.jsonl").is_file()
+
+
+def test_swinir_light_tables_share_one_fp_record():
+    # The W2A2 table's FP row is the W4A4 table's, and both equal the ViT table's: one model, one evaluation.
+    fp = [_records(table)["swinir-light/x2/fp/FP/Set5"] for table in TABLES if table.startswith("swinir-light")]
+    assert len(fp) == 3 and len({(r["psnr"], r["ssim"], r["fingerprint"]) for r in fp}) == 1
+    assert round(fp[0]["psnr"], 3) == 35.156

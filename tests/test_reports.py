@@ -157,3 +157,8 @@ def test_table_cli(run_dir, capsys, tmp_path):
     assert main(["table", "--run", "nope", "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bench: error: no run 'nope'") and err.count("\n") == 1
+    assert main(["table", "--run", str(run_dir), "--format", "csv", "--digits", "psnr=3,ssim=5"]) == 0
+    assert "swinir-light,2,DOBI,4,0,37.445,0.95679,31.290,0.91930" in capsys.readouterr().out.splitlines()
+    assert main(["table", "--run", str(run_dir), "--digits", "psnr=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: bad --digits 'psnr=1'") and err.count("\n") == 1
