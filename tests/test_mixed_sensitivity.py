@@ -16,6 +16,7 @@ from bench.mixed.sensitivity import (
     measure_sensitivity,
     method_calibrator,
     plot_sensitivity,
+    sensitivity_figure,
 )
 from bench.quant import QuantConfig, quantize_model, quantizers
 
@@ -156,4 +157,12 @@ def test_results_are_cached_and_round_trip_through_json(setup, tmp_path, monkeyp
         measure_sensitivity(model, "net", 1, settings, calib, calib)
     png, pdf = plot_sensitivity(first, tmp_path / "sens.png")
     assert png.stat().st_size > 10_000 and pdf.is_file()
+    fig = sensitivity_figure(first)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    # the legend lies outside the plotting area, and the bars draw the scores (in context: minus the context's MSE)
+    assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
+    heights = [bar.get_height() for bar in ax.containers[0]]
+    expected = [first.scores[layer][(2, 2)] - first.baseline for layer in first.layers]
+    assert heights == pytest.approx(expected, rel=1e-12)
     assert first.table().splitlines()[0].split() == ["layer", "w2a2", "w4a4", "w8a8"]

@@ -394,9 +394,21 @@ def measure_sensitivity(fp_model: nn.Module, model_name: str, scale: int, settin
 # ------------------------------------------------------------------------------------------ the chart
 
 def plot_sensitivity(result: SensitivityResult, path: str | Path) -> list[Path]:
+    """Writes `sensitivity_figure(result)` to `path` (.png) and the same chart as .pdf beside it; returns both."""
+    import matplotlib.pyplot as plt
+
+    fig = sensitivity_figure(result)
+    png = Path(path).with_suffix(".png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    fig.savefig(png.with_suffix(".pdf"))
+    plt.close(fig)
+    return [png, png.with_suffix(".pdf")]
+
+
+def sensitivity_figure(result: SensitivityResult):
     """Grouped bar chart (one group per layer, one bar per candidate; log scale, or in context the change from the
-    context on a symmetric log scale); writes `path` (.png) and the
-    same chart as .pdf beside it. Returns both paths."""
+    context on a symmetric log scale), with the legend above the axes, where no bar can lie under it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -426,15 +438,10 @@ def plot_sensitivity(result: SensitivityResult, path: str | Path) -> list[Path]:
     ax.set_xticklabels(layers, rotation=90, fontsize=7)
     ax.set_ylabel(what, fontsize=8)
     ax.set_title(f"{result.model} x{result.scale} ({result.scope}): sensitivity per layer, "
-                 f"{result.settings.method} bounds, {result.settings.context}", fontsize=10)
-    ax.legend(fontsize=7, ncol=len(pairs) + 1)
+                 f"{result.settings.method} bounds, {result.settings.context}", fontsize=10, loc="left")
+    ax.legend(fontsize=7, ncol=len(pairs), loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
-    png = Path(path).with_suffix(".png")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
-    fig.savefig(png.with_suffix(".pdf"))
-    plt.close(fig)
-    return [png, png.with_suffix(".pdf")]
+    return fig
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -447,4 +454,5 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 __all__ = ["CRITERIA", "CONTEXTS", "SensitivityResult", "SensitivitySettings", "hutchinson_traces",
-           "measure_sensitivity", "method_calibrator", "plot_sensitivity", "score_batch", "spearman"]
+           "measure_sensitivity", "method_calibrator", "plot_sensitivity", "score_batch", "sensitivity_figure",
+           "spearman"]
