@@ -21,7 +21,7 @@ from bench.mixed.sensitivity import CONTEXTS, CRITERIA, SensitivityResult, Sensi
 from bench.quant.quantizer import MAX_BITS, MIN_BITS
 
 DEFAULT_CANDIDATES = (2, 3, 4, 6, 8)
-_KEYS = {"like", "candidates", "criterion", "context", "refine"}
+_KEYS = {"like", "candidates", "criterion", "context", "refine", "score_n", "score_patch"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class MixedSpec:
     criterion: str = "mse"
     context: str = "context"
     refine: int = 0  # re-score around the allocation and solve again, up to this many times (mse in context)
+    # The held-out score batch: score_n patches of score_patch x score_patch LR pixels (None: the calibration
+    # batch's n and patch). Smaller than the calibration batch keeps a matrix cell's sensitivity affordable.
+    score_n: int | None = None
+    score_patch: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.like, bool) or not isinstance(self.like, int) or not MIN_BITS <= self.like <= MAX_BITS:
@@ -43,6 +47,15 @@ class MixedSpec:
             raise ConfigError(f"mixed precision context {self.context!r}: use one of {', '.join(CONTEXTS)}")
         if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
             raise ConfigError(f"mixed precision refine={self.refine!r} must be an integer >= 0")
+        for name in ("score_n", "score_patch"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"mixed precision {name}={value!r} must be a positive integer (held-out score "
+                                  f"patches; leave it out to use the calibration batch's)")
+
+    def score_size(self, n: int, patch: int) -> tuple[int, int]:
+        """(patches, patch size) of the held-out score batch, given the calibration batch's n and patch."""
+        return self.score_n or n, self.score_patch or patch
 
     @property
     def tag(self) -> str:
@@ -52,11 +65,14 @@ class MixedSpec:
         extra += [f"r{self.refine}"] if self.refine else []
         extra += [] if self.candidates == candidate_pairs(DEFAULT_CANDIDATES) else \
             ["c" + ".".join(str(w) if w == a else f"{w}x{a}" for w, a in self.candidates)]
+        if self.score_n is not None or self.score_patch is not None:
+            extra += [f"s{self.score_n or ''}x{self.score_patch or ''}"]
         return "-".join([f"mixed{self.like}", *extra])
 
     def to_dict(self) -> dict:
+        score = {k: v for k, v in (("score_n", self.score_n), ("score_patch", self.score_patch)) if v is not None}
         return {"like": self.like, "candidates": [list(c) for c in self.candidates], "criterion": self.criterion,
-                "context": self.context, "refine": self.refine}
+                "context": self.context, "refine": self.refine, **score}
 
 
 def parse_mixed(value: object, where: str = "bits") -> MixedSpec | None:

@@ -218,11 +218,12 @@ def mixed_layer_bits(fp_model: nn.Module, model_name: str, scale: int, spec: Any
     held-out patches of the calibration folder, then the exact ILP at the budget (bench.mixed)."""
     from bench.mixed.sensitivity import score_batch
     from bench.mixed.spec import mixed_allocation
-    score, source = score_batch(folder, scale, n=calib.n, patch=calib.patch, seed=calib.seed)
+    n, patch = spec.score_size(calib.n, calib.patch)
+    score, source = score_batch(folder, scale, n=n, patch=patch, seed=calib.seed)
     allocation, sensitivity = mixed_allocation(fp_model, model_name, scale, spec, method_name, params, scope,
                                                batch, score, train_dir=folder, device=device, seed=calib.seed)
     return dict(allocation.layer_bits), {"spec": spec.to_dict(), "tag": spec.tag, **allocation.to_dict(),
-                                         "score_patches": source,
+                                         "score_patches": f"{n} x {patch}x{patch}, {source}",
                                          "sensitivity_seconds": sensitivity.seconds,
                                          "sensitivity_cached": sensitivity.cached}
 
