@@ -7,6 +7,7 @@ loaded with `bench --plugin FILE.py` (example: examples/my_method.py).
 from methods import (  # noqa: F401
     adaround,
     brecq,  # brecq, qdrop
+    compsrt,
     condiquant,
     dobi,
     emmse,

@@ -48,7 +48,9 @@ MIN_OPSET = 13         # per-channel QuantizeLinear/DequantizeLinear
 INT4_MAX_BITS = 4
 INT4_MARK = 8          # <= 4-bit weights are traced as int8 QDQ with zero point z - INT4_MARK (see the docstring)
 ONNX_ACT_BITS = 8
+EXPORTABLE_TYPES = ("uniform", "int-symmetric", "int-zero-point")   # the QDQ-expressible grids
 UINT8_MAX = 255
+INT8_OFFSET = 128      # uint8 code -> int8 code
 INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 
 
@@ -56,22 +58,34 @@ INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 
 @dataclass(frozen=True)
 class IntegerGrid:
-    """ONNX quantization parameters of one quantizer: float32 scale, integer zero point (per tensor or channel)."""
+    """ONNX quantization parameters of one quantizer: float32 scale, integer zero point (per tensor or channel).
+
+    Codes and zero points are kept in the unsigned space 0..levels; `int8` grids (the deploy scope's symmetric
+    weights) are written as int8 with everything shifted by -2^(b-1), which makes their zero point 0."""
     scale: torch.Tensor
     zero_point: torch.Tensor      # int32, in 0..levels
     levels: int                   # N = 2^b - 1 of the fake quantizer (the codes of a b-bit weight)
     axis: int | None
     widened: int                  # channels whose range did not contain 0 (widened to include it)
+    qmin: int = 0                 # the codes the grid uses (narrow-range symmetric weights: 1..N)
+    int8: bool = False            # written as int8 (zero point z - 2^(b-1)) instead of uint8
 
     def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(l', u') of the grid the ONNX graph uses: l' = -z*s, u' = (N - z)*s."""
-        lower = -self.zero_point.to(torch.float32) * self.scale
-        return lower, lower + self.levels * self.scale
+        """(l', u') of the grid the ONNX graph uses: l' = (qmin - z)*s, u' = (N - z)*s."""
+        zero = self.zero_point.to(torch.float32)
+        return (self.qmin - zero) * self.scale, (self.levels - zero) * self.scale
 
 
 def integer_grid(quantizer: FakeQuantizer) -> IntegerGrid:
-    """z = round(-l/s) with the fake quantizer's step; ranges without 0 are widened to include it."""
+    """z = round(-l/s) with the fake quantizer's step; ranges without 0 are widened to include it. A quantizer type
+    that computes on an integer grid itself (`integer_params()`, bench/quant/integer_grid.py) gives it exactly."""
     n = levels(quantizer.bits)
+    own = getattr(quantizer, "integer_params", None)
+    if own is not None:
+        params = own()
+        offset = 2 ** (quantizer.bits - 1) if params.signed else 0
+        return IntegerGrid(params.scale, params.zero_point + offset, n, quantizer.per_channel_axis, 0,
+                           qmin=params.qmin + offset, int8=params.signed)
     lower, upper = quantizer.lower.detach().float(), quantizer.upper.detach().float()
     positive, negative = lower > 0, upper < 0
     lower = torch.where(positive, torch.zeros_like(lower), lower)
@@ -104,8 +118,8 @@ class _QDQ(nn.Module):
     def __init__(self, grid: IntegerGrid, mark: bool = False) -> None:
         super().__init__()
         self.axis = grid.axis
-        offset = INT4_MARK if mark else 0
-        self.low, self.high = (-128, 127) if mark else (0, UINT8_MAX)
+        offset = INT4_MARK if mark else (INT8_OFFSET if grid.int8 else 0)
+        self.low, self.high = (-128, 127) if mark or grid.int8 else (0, UINT8_MAX)
         self.register_buffer("scale", grid.scale.clone())
         self.register_buffer("zero_point", grid.zero_point.clone() - offset)
 
@@ -135,6 +149,10 @@ class ExportReport:
 
 
 def _check_exportable(qmodel: nn.Module) -> None:
+    transformed = [path for path, m in qmodel.named_modules() if getattr(m, "weight_transform", None) is not None]
+    if transformed:  # the QDQ graph has no node for T^-1 around a weight's DequantizeLinear
+        raise ConfigError(f"layer {transformed[0]} quantizes its weight through a weight transform, which the ONNX "
+                          f"QDQ export cannot express: export with --format packed")
     for name, q in quantizers(qmodel):
         if q.enabled and not q.calibrated:
             raise ConfigError(f"quantizer {name} is not calibrated: calibrate the model with a method before exporting")
@@ -143,7 +161,7 @@ def _check_exportable(qmodel: nn.Module) -> None:
                               f"activations: quantize with --a-bits 8 (weights may have fewer bits)")
         # QDQ nodes are uniform grids with round-to-nearest; a learned-rounding weight's codes sit on the
         # fake-quant grid, which the rounded zero point moves, so its learned choices cannot be kept either.
-        if q.enabled and q.quant_type != "uniform":
+        if q.enabled and q.quant_type not in EXPORTABLE_TYPES:
             raise ConfigError(f"quantizer {name} is a {q.quant_type} quantizer, which ONNX QuantizeLinear/"
                               f"DequantizeLinear cannot express: export with --format packed, or use a uniform method")
 
@@ -179,7 +197,7 @@ def onnx_ready_copy(qmodel: nn.Module, report: ExportReport, uint4_weights: bool
             report.activation_qdq += 1
         if grid.widened:
             report.widened.append(name)
-        lower, _ = q.lower.detach(), q.upper.detach()
+        lower = q.effective_bounds()[0] if hasattr(q, "effective_bounds") else q.lower.detach()
         shift = ((lower - grid.bounds()[0]).abs() / grid.scale)[lower <= 0]
         if shift.numel():
             report.max_grid_shift_steps = max(report.max_grid_shift_steps, float(shift.max()))
@@ -275,6 +293,8 @@ def _int8_weights_to_uint4(graph) -> int:
         codes = numpy_helper.to_array(weight).astype(np.int16) + INT4_MARK
         zp = zp.astype(np.int16) + INT4_MARK
         if codes.min() < 0 or codes.max() > 15 or zp.min() < 0 or zp.max() > 15:
+            if not zp.any():  # a signed weight with zero point 0 (the deploy scope's 8-bit grid) stays int8
+                continue
             raise ConfigError(f"weight {weight.name} does not fit UINT4 (codes {codes.min()}..{codes.max()}); "
                               f"export it with --opset {OPSET}")
         graph.initializer.remove(weight)

@@ -8,6 +8,13 @@ per output channel). Dequantization `scale * codes + lower` repeats the float32 
 layers, norms) as float32, the bounds `lower`/`upper` of every activation quantizer, and in its metadata the
 QuantConfig, the run's meta and the shape/bits/axis of each packed weight.
 
+A layer with a weight transform T (bench.quant.transforms, e.g. CompSRT's Hadamard rotation) stores the codes of
+T(W), the tensor its quantizer rounds: its layout entry says so (`"codes_of": "transformed weight"`, the transform's
+name and params, `weight_shape`), the transform's state tensors are stored as `<layer>.weight.transform.<key>`,
+and loading applies T^-1 to the dequantized codes, which gives the fake-quant weight T^-1(Q(T(W))). A quantizer
+type with its own grid (`dequant_grid()`: step and zero point, e.g. `scale-offset`) stores that grid as
+scale/lower.
+
 Tensor names (module paths of the quantized model):
     <layer>.weight.codes (uint8), <layer>.weight.scale, <layer>.weight.lower   for each quantized weight
     <quantizer>.lower, <quantizer>.upper                                           for each activation quantizer
@@ -24,9 +31,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import bench.quant.scale_offset  # noqa: F401  (registers the "scale-offset" type for activation quantizers)
 from bench.errors import CheckpointError
 from bench.quant.quantizer import _MIN_STEP, FakeQuantizer, levels
 from bench.quant.surgery import QuantConfig, activation_quantizers, quantize_model, weight_quantizers
+from bench.quant.transforms import weight_transform_from_record
 
 FORMAT = "sr-ptq-bench/packed"
 VERSION = 1
@@ -68,7 +77,9 @@ def _broadcast(quantizer: FakeQuantizer, p: torch.Tensor, like: torch.Tensor) ->
 
 
 def weight_step(quantizer: FakeQuantizer) -> torch.Tensor:
-    """s = max((u - l) / N, 1e-12) in float32, as `fake_quantize` computes it."""
+    """s = max((u - l) / N, 1e-12) in float32, as `fake_quantize` computes it (a type's own `dequant_grid` step)."""
+    if hasattr(quantizer, "dequant_grid"):
+        return quantizer.dequant_grid()[0]
     lower, upper = quantizer.lower.detach(), quantizer.upper.detach()
     return torch.clamp((upper - lower) / levels(quantizer.bits), min=_MIN_STEP)
 
@@ -114,9 +125,9 @@ def _layer_path(quantizer_name: str) -> str:
 def _fp_tensors(qmodel: nn.Module, skip: set[str]) -> dict[str, torch.Tensor]:
     """Every state entry (parameters and persistent buffers) that is neither a quantizer bound nor packed."""
     bounds = {f"{name}.{attr}" for name, _ in activation_quantizers(qmodel) for attr in ("lower", "upper")}
-    bounds |= {f"{name}.{attr}" for name, _, _ in weight_quantizers(qmodel) for attr in ("lower", "upper")}
+    weight_quants = tuple(f"{name}." for name, _, _ in weight_quantizers(qmodel))  # their codes say it all
     return {k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()
-            if k not in bounds and k not in skip}
+            if k not in bounds and k not in skip and not k.startswith(weight_quants)}
 
 
 def packed_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
@@ -132,8 +143,17 @@ def packed_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
         codes = weight_codes(quantizer, weight).cpu().numpy()
         tensors[f"{name}.codes"] = torch.from_numpy(pack_codes(codes, quantizer.bits))
         tensors[f"{name}.scale"] = weight_step(quantizer).cpu().contiguous()
-        tensors[f"{name}.lower"] = quantizer.lower.detach().cpu().contiguous()
+        lower = quantizer.dequant_grid()[1] if hasattr(quantizer, "dequant_grid") else quantizer.lower.detach()
+        tensors[f"{name}.lower"] = lower.cpu().contiguous()
         layout[name] = {"bits": quantizer.bits, "shape": list(weight.shape), "axis": quantizer.per_channel_axis}
+        transform = getattr(qmodel.get_submodule(_layer_path(qname)), "weight_transform", None)
+        if transform is not None:
+            record = transform.to_record()
+            layout[name].update({"codes_of": "transformed weight", "transform": record["name"],
+                                 "transform_params": record["params"],
+                                 "weight_shape": list(qmodel.get_parameter(name).shape)})
+            for key, value in record["state"].items():
+                tensors[f"{name}.transform.{key}"] = value.contiguous()
         packed_names.add(name)
     for qname, quantizer in activation_quantizers(qmodel):
         tensors[f"{qname}.lower"] = quantizer.lower.detach().cpu().contiguous()
@@ -240,12 +260,18 @@ def load_packed(path: str | Path, fp_model: nn.Module) -> nn.Module:
         codes = torch.from_numpy(unpack_codes(tensors[f"{name}.codes"].numpy(), entry["bits"], count))
         state[name] = dequantize(codes.reshape(entry["shape"]), tensors[f"{name}.scale"],
                                  tensors[f"{name}.lower"], entry["axis"])
+        if "transform" in entry:  # the codes are of T(W): the layer's weight is T^-1 of their values
+            prefix = f"{name}.transform."
+            transform = weight_transform_from_record({
+                "name": entry["transform"], "params": entry["transform_params"],
+                "state": {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}})
+            state[name] = transform.inverse(state[name], tuple(entry["weight_shape"]))
         weight_quant[name].enabled = False  # the weight is already its fake-quant value
     _restore_act_types(qmodel, json.loads(metadata.get("act_types", "{}")), tensors)
     for _, q in activation_quantizers(qmodel):
         q.calibrated = True  # the stored bounds are copied in as they are (set_bounds could widen them)
     skip = {f"{n}.{s}" for n in layout for s in ("codes", "scale", "lower")}
-    state.update({k: v for k, v in tensors.items() if k not in skip})
+    state.update({k: v for k, v in tensors.items() if k not in skip and ".weight.transform." not in k})
     _load_state(qmodel, state, path)
     qmodel.quant_meta = json.loads(metadata["meta"])
     return qmodel

@@ -4,7 +4,9 @@ Loading rebuilds the quantized copy from the FP model with the saved config and 
 a file made for another model (different quantizer names, count or shapes) is a CheckpointError.
 Version 2 adds, per quantizer, its type (`qtypes` registry) and learned state (`quant_state()`, e.g. a
 learned rounding), and the FP tensors a method rewrote in its copy (`surgery.rewrite_fp_tensor`); version-1
-files load as before (uniform quantizers, no state, no rewritten tensors).
+files load as before (uniform quantizers, no state, no rewritten tensors). Version 3 is version 2 plus the weight
+transforms of the quantized layers (`bench.quant.transforms`: name, params, state per layer path); a file
+without transforms is still written as version 2, byte for byte as before.
 """
 from __future__ import annotations
 
@@ -14,12 +16,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+import bench.quant.scale_offset  # noqa: F401  (registers the "scale-offset" type that files may name)
 from bench.errors import CheckpointError
 from bench.quant.qtypes import make_quantizer, replace_quantizer
 from bench.quant.surgery import QuantConfig, quantize_model, quantizers, rewrite_fp_tensor, rewritten_fp_tensors
+from bench.quant.transforms import set_weight_transform, weight_transform_from_record, weight_transforms
 
 FORMAT = "sr-ptq-bench/quantized"
 VERSION = 2
+VERSION_TRANSFORMS = 3  # written only when a layer has a weight transform
 
 
 def save_quantized(qmodel: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
@@ -27,9 +32,10 @@ def save_quantized(qmodel: nn.Module, path: str | Path, meta: dict | None = None
     config: QuantConfig = getattr(qmodel, "quant_config", None)
     if config is None:
         raise CheckpointError(f"cannot save {path}: the model was not made by bench.quant.quantize_model")
+    transforms = {path: t.to_record() for path, t in weight_transforms(qmodel).items()}
     record = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": VERSION_TRANSFORMS if transforms else VERSION,
         # The resolved scope, so that loading does not depend on how "auto" resolves later.
         "config": {**config.to_record(), "scope": getattr(qmodel, "quant_scope", config.scope)},
         "quantizers": {
@@ -41,6 +47,7 @@ def save_quantized(qmodel: nn.Module, path: str | Path, meta: dict | None = None
             for name, q in quantizers(qmodel)
         },
         "rewritten": {name: t.cpu().clone() for name, t in rewritten_fp_tensors(qmodel).items()},
+        **({"transforms": transforms} if transforms else {}),
         # JSON-safe (paths become strings) so that the file loads with weights_only=True.
         "meta": json.loads(json.dumps(dict(meta or {}), default=str)),
     }
@@ -75,6 +82,12 @@ def load_quantized(path: str | Path, fp_model: nn.Module) -> nn.Module:
         qmodel = quantize_model(fp_model, config)
     except Exception as exc:
         raise CheckpointError(f"{path} does not fit this {type(fp_model).__name__}: {exc}") from exc
+    for layer, entry in record.get("transforms", {}).items():
+        try:
+            set_weight_transform(qmodel, layer, weight_transform_from_record(entry))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: the weight transform of {layer} cannot be rebuilt here ({exc}); load the "
+                                  f"plugin that registers it, or quantize this model again") from exc
     saved = record["quantizers"]
     mine = dict(quantizers(qmodel))
     if list(saved) != list(mine):

@@ -19,7 +19,25 @@ def _weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bool) -> Fak
     return FakeQuantizer(bits, WEIGHT)
 
 
-class QuantLinear(nn.Linear):
+class _WeightTransformHook:
+    """The weight path of QuantLinear/QuantConv2d: Q(W), or T^-1(Q(T(W))) when a method set a weight transform
+    (`bench.quant.transforms`; None, the default, leaves the layer exactly as without the hook)."""
+
+    weight_transform = None
+
+    def quantizer_weight(self) -> torch.Tensor:
+        """The tensor the weight quantizer quantizes: W, or T(W)."""
+        t = self.weight_transform
+        return self.weight if t is None else t.forward(self.weight)
+
+    def quantized_weight(self) -> torch.Tensor:
+        t = self.weight_transform
+        if t is None:
+            return self.weight_quant(self.weight)
+        return t.inverse(self.weight_quant(t.forward(self.weight)), self.weight.shape)
+
+
+class QuantLinear(_WeightTransformHook, nn.Linear):
     """nn.Linear with a weight quantizer and an input-activation quantizer."""
 
     def __init__(self, linear: nn.Linear, w_bits: int, a_bits: int, *, per_channel: bool = False,
@@ -41,10 +59,10 @@ class QuantLinear(nn.Linear):
         return cls(part, w_bits, a_bits, per_channel=per_channel, act_kind=act_kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+        return nn.functional.linear(self.input_quant(x), self.quantized_weight(), self.bias)
 
 
-class QuantConv2d(nn.Conv2d):
+class QuantConv2d(_WeightTransformHook, nn.Conv2d):
     """nn.Conv2d with a weight quantizer (per-tensor or per-output-channel) and an input quantizer."""
 
     def __init__(self, conv: nn.Conv2d, w_bits: int, a_bits: int, *, per_channel: bool = False,
@@ -58,7 +76,7 @@ class QuantConv2d(nn.Conv2d):
         self.input_quant = FakeQuantizer(a_bits, act_kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+        return self._conv_forward(self.input_quant(x), self.quantized_weight(), self.bias)
 
 
 class QuantMatMul(MatMul):
@@ -99,7 +117,7 @@ class SplitQuantLinear(nn.Module):
             # see the same tensor): the parts' inputs are the same tensor, so quantize it once and run the fused
             # layer's single GEMM on the parts' quantized weights. Three GEMMs and a concatenation cost ~10 % of
             # a SwinIR-light forward more (results/reference/speed.md, item 8); the values are the same.
-            weight = torch.cat([part.weight_quant(part.weight) for part in parts])
+            weight = torch.cat([part.quantized_weight() for part in parts])
             bias = None if parts[0].bias is None else torch.cat([part.bias for part in parts])
             return nn.functional.linear(parts[0].input_quant(x), weight, bias)
         return torch.cat([part(x) for part in parts], dim=-1)
@@ -123,3 +141,4 @@ def _one_input_quantization(parts: list[nn.Module]) -> bool:
 
 
 QUANT_LAYER_TYPES = (QuantLinear, QuantConv2d, QuantMatMul, SplitQuantLinear)
+TRANSFORMABLE_LAYER_TYPES = (QuantLinear, QuantConv2d)  # layers with a weight_transform slot

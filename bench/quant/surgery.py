@@ -171,10 +171,37 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
             w_bits = a_bits = scope.edge_convs
         w_bits, a_bits = per_layer.get(path, (w_bits, a_bits))
         per_channel = bool(rule.per_channel) or config.per_channel_weights
-        _set_submodule(qmodel, path, _wrap(module, rule, w_bits, a_bits, per_channel))
+        wrapper = _wrap(module, rule, w_bits, a_bits, per_channel)
+        if scope.quantize_outputs and isinstance(wrapper, (QuantConv2d, QuantLinear)):
+            attach_output_quantizer(wrapper, a_bits)
+        _set_quantizer_types(wrapper, scope)
+        _set_submodule(qmodel, path, wrapper)
     qmodel.quant_config = config
     qmodel.quant_scope = scope.name
     return qmodel
+
+
+def _quantize_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    return module.output_quant(output)
+
+
+def attach_output_quantizer(layer: nn.Module, bits: int) -> FakeQuantizer:
+    """Quantize `layer`'s output with a new activation quantizer `layer.output_quant` (a forward hook, so the
+    wrapper classes and their state-dict names stay as they are; deepcopy and tracing keep the hook)."""
+    layer.output_quant = FakeQuantizer(bits)
+    layer.register_forward_hook(_quantize_output)
+    return layer.output_quant
+
+
+def _set_quantizer_types(wrapper: nn.Module, scope: Scope) -> None:
+    """Give the wrapper's quantizers the scope's weight and activation types (nothing to do for uniform ones)."""
+    if scope.weight_type == "uniform" and scope.act_type == "uniform":
+        return
+    from bench.quant.qtypes import make_quantizer, replace_quantizer
+    for name, q in [(n, m) for n, m in wrapper.named_modules() if isinstance(m, FakeQuantizer)]:
+        wanted = scope.weight_type if q.is_weight else scope.act_type
+        if wanted != q.quant_type:
+            replace_quantizer(wrapper, name, make_quantizer(wanted, q))
 
 
 def quantizers(qmodel: nn.Module) -> list[tuple[str, FakeQuantizer]]:
@@ -187,12 +214,14 @@ def activation_quantizers(qmodel: nn.Module) -> list[tuple[str, FakeQuantizer]]:
 
 
 def weight_quantizers(qmodel: nn.Module) -> list[tuple[str, FakeQuantizer, torch.Tensor]]:
-    """(name, quantizer, FP weight it quantizes) for every weight quantizer, in module order."""
+    """(name, quantizer, FP weight it quantizes) for every weight quantizer, in module order; for a layer with a
+    weight transform (bench.quant.transforms) the weight it quantizes is T(W)."""
     found = []
     for path, module in qmodel.named_modules():
         q = getattr(module, "weight_quant", None)
         if isinstance(q, FakeQuantizer) and isinstance(getattr(module, "weight", None), torch.Tensor):
-            found.append((f"{path}.weight_quant" if path else "weight_quant", q, module.weight))
+            weight = module.weight if getattr(module, "weight_transform", None) is None else module.quantizer_weight()
+            found.append((f"{path}.weight_quant" if path else "weight_quant", q, weight))
     return found
 
 
