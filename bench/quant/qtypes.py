@@ -15,6 +15,7 @@ import torch.nn as nn
 
 # The built-in non-uniform types register themselves when imported; importing them here makes them available
 # wherever a type is looked up, e.g. to load_quantized in a process that imported no method.
+import bench.quant.integer_grid  # noqa: F401
 import bench.quant.log_quantizer  # noqa: F401
 import bench.quant.twin_uniform  # noqa: F401
 from bench.errors import ConfigError

@@ -18,6 +18,12 @@ Built-in scopes:
   * `2dquant+convs`: `2dquant`'s rules for the Swin blocks, then `ptq4sr`'s for every other Conv2d and Linear
     (per-channel conv weights, first and last conv 8-bit): a CNN with transformer blocks inside (IMDTN) gets
     both its convs and its attention quantized, the Swin blocks exactly as on SwinIR.
+  * `deploy`: what an integer runtime (OpenVINO, onnxruntime) executes in int8, for CNNs and transformers alike:
+    every Conv2d and Linear with per-output-channel weights (the fused qkv kept whole, as a runtime runs it), the
+    attention BMMs, the first and last conv included, at the config's bits; weights on the `int-symmetric` grid
+    (zero point 0, narrow range) and activations on the `int-zero-point` grid (bench/quant/integer_grid.py), so
+    the fake-quant model computes what the runtime computes; each conv's and linear's output is quantized too, so
+    that the runtime's chain conv -> activation -> conv stays in integers (docs/deployment.md).
   * `auto`: the model's registry default (`quant_scopes[0]`) when the model is known, else `2dquant` if the
     model has MatMul modules, else `ptq4sr`.
 """
@@ -65,6 +71,14 @@ class Scope:
     # The first and last Conv2d of the model: None = as the rules say, an int = that bit-width for their weights
     # and input, FP = left unquantized even where a rule matches them.
     edge_convs: int | str | None = None
+    # Quantizer types (bench.quant.qtypes) of the wrapped layers' weights and activations: "uniform" is spec §2.3;
+    # the deploy scope asks for the integer grids a runtime executes.
+    weight_type: str = "uniform"
+    act_type: str = "uniform"
+    # Also quantize each wrapped Conv2d/Linear's output (an `output_quant` at the layer's a_bits): the QDQ pair an
+    # integer runtime needs after an op to keep the next op in integers (onnxruntime fuses DQ -> Conv -> Q into
+    # QLinearConv only with it).
+    quantize_outputs: bool = False
 
     def rule_for(self, path: str, module: nn.Module) -> LayerRule | None:
         for rule in self.rules:
@@ -142,6 +156,25 @@ register_scope(Scope(
                 "every other Conv2d (per-channel weights) and Linear; first/last conv 8-bit",
     rules=SCOPES["2dquant"].rules + _EVERY_CONV_AND_LINEAR,
     edge_convs=8,
+))
+
+
+# Deployable placement: the attention as a runtime runs it (qkv whole: one input, one int8 matmul), then every
+# other conv and linear; per-channel weights throughout, as onnxruntime's per-channel and NNCF's defaults.
+register_scope(Scope(
+    name="deploy",
+    description="integer-runtime placement: every Conv2d and Linear (per-channel symmetric int weights, qkv whole), "
+                "both attention BMMs, edges included; activations with integer zero points",
+    rules=(
+        LayerRule("*.mlp.fc2", "Linear", act_kinds=(ACT_GELU,), per_channel=True),
+        LayerRule("*.attn.matmul_qk", "MatMul", act_kinds=(ACT, ACT)),
+        LayerRule("*.attn.matmul_av", "MatMul", act_kinds=(ACT_SOFTMAX, ACT)),
+        LayerRule("*", "Conv2d", per_channel=True),
+        LayerRule("*", "Linear", per_channel=True),
+    ),
+    weight_type="int-symmetric",
+    act_type="int-zero-point",
+    quantize_outputs=True,
 ))
 
 
