@@ -19,6 +19,7 @@ from pathlib import Path
 from bench.report import svg
 from bench.report.crops import CropRequest, CropView, build_crop_view
 from bench.report.significance import MARKER, Comparison
+from bench.runner import pareto
 from bench.runner.records import latest_by_key, read_records
 from bench.runner.rundir import RunDir
 from bench.runner.style import MIN_PSNR_SPAN_DB, TIE_DB, Styles, is_quantized, psnr_limits, skipped_charts, tie_note
@@ -108,7 +109,7 @@ def _bits(record: dict) -> str:
     if record["method"] == "fp":
         return "FP32"
     w, a = record["w_bits"], record.get("a_bits")
-    return f"W{w}A{a}"
+    return pareto.mixed_tag(record) or f"W{w}A{a}"  # a mixed record's w/a bits are its budget's
 
 
 def _num(value) -> str:
@@ -289,6 +290,35 @@ def _size_chart(records: list[dict], dataset: str, styles: Styles) -> str:
                                       note=tie_note([r["psnr"] for r in mine if is_quantized(r)])))
 
 
+def _pareto_chart(records: list[dict], dataset: str, styles: Styles, size_field: str, kind: str) -> str:
+    """`bench plot`'s pareto figure for one dataset and size measure: filled uniform, hollow mixed, a line
+    through each method's frontier (bench.runner.pareto). The frontier series comes first: the uniform and mixed
+    markers are drawn over its own."""
+    series, legend = [], []
+    for label, points in pareto.trade_off_points(records, size_field).items():
+        name, style = _name(points[0].record), styles.of(label)
+        legend.append(svg.LegendEntry(name, style.colour, style.marker))
+
+        def svg_points(chosen, name=name):
+            return [svg.Point(p.size_bytes / 1e6, p.psnr, _tip(p.record, f"size {p.size_bytes / 1e6:.3f} MB ({kind})"))
+                    for p in chosen]
+        series.append(svg.Series(f"{name} frontier", svg_points(pareto.pareto_front(points)), style.colour,
+                                 style.marker))
+        for mixed in (False, True):
+            chosen = [p for p in points if p.mixed is mixed]
+            if chosen:
+                series.append(svg.Series(name + (" (mixed)" if mixed else ""), svg_points(chosen), style.colour,
+                                         style.marker, line=False, hollow=mixed))
+    fp = [r for r in records if r["method"] == "fp" and r.get("psnr") is not None]
+    hlines = [svg.HLine(_name(r), r["psnr"], _tip(r), "6 4", styles.of(r["label"]).colour) for r in fp]
+    legend += [svg.LegendEntry("filled: uniform bits", "#696969", "o"),
+               svg.LegendEntry("hollow: mixed precision", "#696969", "o", hollow=True),
+               svg.LegendEntry("line: Pareto frontier", "#696969", None)]
+    values = [p.y for s in series for p in s.points] + [r["psnr"] for r in fp]
+    return svg.render_chart(svg.Chart(f"{dataset}: PSNR vs size ({kind}), uniform and mixed", f"model size (MB, {kind})",
+                                      "PSNR (dB, Y)", series, hlines, y_range=psnr_limits(values), legend=legend))
+
+
 def _charts(records: list[dict]) -> str:
     """The charts `bench plot` draws, with the same rules: one colour and marker per method (bench.runner.style),
     a PSNR axis of at least MIN_PSNR_SPAN_DB, a note when methods tie, and no chart of a single x value."""
@@ -298,12 +328,16 @@ def _charts(records: list[dict]) -> str:
     groups = _group_by(ok, lambda r: (r["model"], r["scale"]))
     for model, scale in sorted(groups):
         mine = groups[(model, scale)]
-        by_dataset = _group_by(mine, _ds)
+        by_dataset = _group_by(pareto.uniform_only(mine), _ds)  # mixed records: the trade-off charts below
         has_measured = any(_measured_size(r) for r in mine)
-        skipped = skipped_charts(mine, model, scale)
+        skipped = skipped_charts(pareto.uniform_only(mine), model, scale)
         charts = "".join(("" if "bits" in skipped else _bits_chart(by_dataset[d], d, styles))
                          + ("" if "size" in skipped else _size_chart(by_dataset[d], d, styles))
                          for d in sorted(by_dataset))
+        if pareto.has_mixed(mine):
+            mixed_by_dataset = _group_by(mine, _ds)
+            charts += "".join(_pareto_chart(mixed_by_dataset[d], d, styles, f, kind)
+                              for f, kind in pareto.size_kinds(mine) for d in sorted(mixed_by_dataset))
         parts.append(f'<h3>{escape(model)} x{scale}</h3>' + (f'<div class="charts">{charts}</div>' if charts else ""))
         notes = [f"{reason}; a chart needs two or more." for reason in skipped.values()]
         if "size" not in skipped:

@@ -6,6 +6,9 @@ Per (model, scale):
   * `<model>_x<s>_psnr_vs_size`: PSNR against model size (MB), one marker per method: the cost model's size
     (bench.cost, filled) and, where the records hold it, the measured packed file (`bench export --format
     packed`, hollow, dotted); drawn only when the run has two or more cost-model sizes (FP and a quantized one);
+  * `<model>_x<s>_pareto`: where the run has mixed-precision records, PSNR against size with uniform (filled)
+    and mixed (hollow) points and each method's Pareto frontier (bench.runner.pareto); the two figures above
+    draw the uniform records only;
   * `<model>_x<s>_latency`: horizontal bars, one row per quantized variant: its median forward latency beside
     FP's, the two timed in turns (labelled fake-quant: simulated quantization, not integer kernels), with the
     interquartile range and N. FP's own cell, timed alone at another moment, is not a bar: its median is a
@@ -37,6 +40,7 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from bench.runner import pareto
 from bench.runner.latency import spread_ms
 from bench.runner.style import MIN_PSNR_SPAN_DB, TIE_DB, Styles, is_quantized, psnr_limits, skipped_charts, tie_note
 from bench.runner.tables import DATASET_ORDER, _dataset_header
@@ -373,11 +377,14 @@ def plot_run(records: list[dict], out_dir: str | Path, notes: list[str] | None =
     paths: list[Path] = []
     for model, scale in sorted({(r["model"], r["scale"]) for r in ok}):
         mine = [r for r in ok if r["model"] == model and r["scale"] == scale]
-        skipped = skipped_charts(mine, model, scale)  # the HTML report skips the same charts
+        uniform = pareto.uniform_only(mine)  # a mixed record's w_bits is its budget's: it is drawn by pareto
+        skipped = skipped_charts(uniform, model, scale)  # the HTML report skips the same charts
         if "bits" not in skipped:
-            paths += plot_psnr_vs_bits(mine, model, scale, out_dir, styles)
+            paths += plot_psnr_vs_bits(uniform, model, scale, out_dir, styles)
         if "size" not in skipped:
-            paths += plot_psnr_vs_size(mine, model, scale, out_dir, styles)
+            paths += plot_psnr_vs_size(uniform, model, scale, out_dir, styles)
+        if pareto.has_mixed(mine):
+            paths += _save(pareto.trade_off_figure(mine, model, scale, styles), out_dir, f"{model}_x{scale}_pareto")
         notes += skipped.values()
         if any(r.get("latency_ms") is not None for r in mine):
             paths += plot_latency(mine, model, scale, out_dir, styles)
