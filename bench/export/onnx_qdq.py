@@ -50,7 +50,6 @@ INT4_MARK = 8          # <= 4-bit weights are traced as int8 QDQ with zero point
 ONNX_ACT_BITS = 8
 EXPORTABLE_TYPES = ("uniform", "int-symmetric", "int-zero-point")   # the QDQ-expressible grids
 UINT8_MAX = 255
-INT8_OFFSET = 128      # uint8 code -> int8 code
 INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 
 
@@ -61,7 +60,8 @@ class IntegerGrid:
     """ONNX quantization parameters of one quantizer: float32 scale, integer zero point (per tensor or channel).
 
     Codes and zero points are kept in the unsigned space 0..levels; `int8` grids (the deploy scope's symmetric
-    weights) are written as int8 with everything shifted by -2^(b-1), which makes their zero point 0."""
+    weights) are written as int8 with everything shifted by -2^(b-1), which makes their zero point 0 (a b-bit
+    symmetric weight then uses the int8 codes -(2^(b-1) - 1)..2^(b-1) - 1)."""
     scale: torch.Tensor
     zero_point: torch.Tensor      # int32, in 0..levels
     levels: int                   # N = 2^b - 1 of the fake quantizer (the codes of a b-bit weight)
@@ -118,7 +118,8 @@ class _QDQ(nn.Module):
     def __init__(self, grid: IntegerGrid, mark: bool = False) -> None:
         super().__init__()
         self.axis = grid.axis
-        offset = INT4_MARK if mark else (INT8_OFFSET if grid.int8 else 0)
+        # int8 grids (signed, zero point 0): the unsigned-space zero point is 2^(b-1) for every b <= 8
+        offset = INT4_MARK if mark else ((grid.levels + 1) // 2 if grid.int8 else 0)
         self.low, self.high = (-128, 127) if mark or grid.int8 else (0, UINT8_MAX)
         self.register_buffer("scale", grid.scale.clone())
         self.register_buffer("zero_point", grid.zero_point.clone() - offset)
