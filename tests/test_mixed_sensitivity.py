@@ -2,6 +2,7 @@
 Hutchinson traces equal the exact Hessian's, results are cached, and the chart is drawn."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -166,3 +167,15 @@ def test_results_are_cached_and_round_trip_through_json(setup, tmp_path, monkeyp
     expected = [first.scores[layer][(2, 2)] - first.baseline for layer in first.layers]
     assert heights == pytest.approx(expected, rel=1e-12)
     assert first.table().splitlines()[0].split() == ["layer", "w2a2", "w4a4", "w8a8"]
+
+
+def test_the_cache_key_reads_the_methods_defaults(setup):
+    """`emmse` and `emmse` with its default parameters written out calibrate alike: one cache entry (a matrix
+    cell names a method bare, a script passes describe()'s parameters); another value is another entry."""
+    from bench.mixed.sensitivity import cache_path
+    model, calib, score = setup
+    bare = cache_path(model, "net", 1, _settings(), calib, score)
+    spelled = dataclasses.replace(_settings(), params={"chunk": 0, "search": "sorted"})
+    assert cache_path(model, "net", 1, spelled, calib, score) == bare
+    other = dataclasses.replace(_settings(), params={"search": "brute"})
+    assert cache_path(model, "net", 1, other, calib, score) != bare

@@ -343,10 +343,22 @@ def _digest(*parts) -> str:
     return h.hexdigest()[:20]
 
 
+def _full_params(method: str, params: dict) -> dict:
+    """The method's parameters with its defaults filled in (its describe()): `dobi` and `dobi` with its default
+    parameters written out calibrate alike, so they share one cache entry."""
+    import methods  # noqa: F401  (registers the built-in methods)
+    from methods.registry import create_method
+    try:
+        return dict(create_method(method, **params).describe().get("params", params))
+    except (ConfigError, TypeError, ValueError):  # an unknown method or parameter fails later, with its own message
+        return dict(params)
+
+
 def cache_path(fp_model: nn.Module, model_name: str, scale: int, settings: SensitivitySettings,
                calib_batch: torch.Tensor, score_batch: torch.Tensor) -> Path:
     from bench.data.paths import cache_dir
-    key = _digest(CACHE_VERSION, model_name, scale, asdict(settings), fp_model, calib_batch, score_batch)
+    described = {**asdict(settings), "params": _full_params(settings.method, settings.params)}
+    key = _digest(CACHE_VERSION, model_name, scale, described, fp_model, calib_batch, score_batch)
     return cache_dir() / "sensitivity" / f"{model_name}_x{scale}_{settings.method}_{settings.criterion}_" \
                                          f"{settings.context}_{key}.json"
 
