@@ -48,9 +48,9 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-import bench.quant.scale_offset  # noqa: F401  (registers "scale-offset")
+import bench.quant.rotated_quantizer  # noqa: F401  (registers "scale-offset" and "rotated-scale-offset")
 from bench.errors import ConfigError
-from bench.quant.layers import TRANSFORMABLE_LAYER_TYPES
+from bench.quant.layers import TRANSFORMABLE_LAYER_TYPES, QuantConv2d
 from bench.quant.pipeline import CalibContext
 from bench.quant.qtypes import make_quantizer, replace_quantizer
 from bench.quant.surgery import quantizers
@@ -97,6 +97,7 @@ class CompSRT(PTQMethod):
     class Params:
         keep: float = 1.0          # fraction of the rotated weight kept (1: no pruning; the paper prunes 40 %: 0.6)
         offsets: bool = True       # learn alpha (step) and beta (zero point) with the bounds
+        rotate_acts: bool = False  # also quantize every activation in a Hadamard domain (the released code does)
         preset: Literal["paper", "code"] = "paper"   # the DOBI + DQC stage, as 2dquant
         batch: int | None = None
         iters: int | None = None   # DQC iterations (None: the preset's)
@@ -150,9 +151,17 @@ class CompSRT(PTQMethod):
             records.append(RotatedLayer(path, n, next_power_of_two(n), pruned))
         return records
 
-    def _offset_quantizers(self, qmodel: nn.Module) -> None:
+    def _set_quantizer_types(self, qmodel: nn.Module) -> None:
+        """scale-offset quantizers (offsets); with rotate_acts, activations rotated along their features (a Linear
+        input, an attention operand: the last axis; an NCHW conv input: the channels)."""
         for name, q in quantizers(qmodel):
-            replace_quantizer(qmodel, name, make_quantizer("scale-offset", q))
+            if self.params.rotate_acts and not q.is_weight:
+                new = make_quantizer("rotated-scale-offset", q)
+                parent = qmodel.get_submodule(name.rpartition(".")[0]) if "." in name else qmodel
+                new.set_rotation(1 if isinstance(parent, QuantConv2d) else -1)
+                replace_quantizer(qmodel, name, new)
+            elif self.params.offsets:
+                replace_quantizer(qmodel, name, make_quantizer("scale-offset", q))
 
     def train(self, qmodel: nn.Module, ctx: CalibContext) -> TrainResult:
         """2DQuant's DQC on every bound, and on every alpha and beta when `offsets`."""
@@ -164,7 +173,7 @@ class CompSRT(PTQMethod):
         all_q = [q for _, q in quantizers(qmodel)]
         params = [b for q in all_q for b in (q.lower, q.upper)]
         if p.offsets:
-            params += [o for q in all_q for o in q.offset_parameters()]
+            params += [o for q in all_q if hasattr(q, "offset_parameters") for o in q.offset_parameters()]
         cfg = OptimConfig(lr=s.lr, iters=s.iters, betas=(s.beta1, s.beta2), weight_decay=0.0,
                           schedule=s.schedule, lr_min=0.0)
         loss_fn = DQC_LOSSES[s.loss]
@@ -198,8 +207,7 @@ class CompSRT(PTQMethod):
         if ctx.fp_model is None and s.iters > 0:
             raise ConfigError("compsrt's DQC stage needs the full-precision teacher: CalibContext(fp_model=...)")
         self.layers = self.rotate(qmodel)
-        if self.params.offsets:
-            self._offset_quantizers(qmodel)
+        self._set_quantizer_types(qmodel)
         DOBI(variant=s.dobi_variant, K=self.params.K).calibrate(qmodel, ctx)
         self.history = self.train(qmodel, ctx)
         self.offset_summary = self._summarise_offsets(qmodel)

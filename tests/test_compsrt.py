@@ -193,3 +193,34 @@ def test_a_file_without_transforms_stays_version_2(tmp_path):
 def test_compsrt_refuses_a_bad_keep():
     with pytest.raises(ConfigError, match="keep=0.0 must be in"):
         CompSRT(keep=0.0)
+
+
+def test_rotated_activation_quantizer_rounds_in_the_hadamard_domain():
+    from bench.quant.rotated_quantizer import RotatedScaleOffsetQuantizer
+    x = torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(5))
+    q = RotatedScaleOffsetQuantizer(4, "act")
+    q.set_rotation(-1)
+    seen = []
+    q.observer = seen.append
+    assert q(x) is x and seen[0].shape == (3, 5, 8)  # the observer sees T(x), features padded 6 -> 8
+    q.observer = None
+    q.set_bounds(float(seen[0].min()), float(seen[0].max()))
+    t, plain = HadamardTransform(dim=-1), FakeQuantizer(4, "act")
+    plain.set_bounds(float(seen[0].min()), float(seen[0].max()))
+    with torch.no_grad():
+        assert torch.equal(q(x), t.inverse(plain(t.forward(x)), x.shape))
+        assert not torch.equal(q(x), plain(x))
+
+
+def test_compsrt_rotate_acts_calibrates_and_round_trips(tmp_path):
+    model = tiny_cnn()
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    qmodel, _ = _calibrated(model, x, rotate_acts=True)
+    acts = [q for _, q in quantizers(qmodel) if not q.is_weight]
+    assert all(q.quant_type == "rotated-scale-offset" and q.rotate_axis == 1 for q in acts)
+    with torch.no_grad():
+        out = qmodel(x)
+    loaded = load_quantized(save_quantized(qmodel, tmp_path / "r.pt"), model).eval()
+    packed = load_packed(save_packed(qmodel, tmp_path / "r.safetensors").path, model).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), out) and torch.equal(packed(x), out)

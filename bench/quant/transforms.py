@@ -107,11 +107,13 @@ class HadamardTransform(WeightTransform):
     """Rotation of the weight along dimension `dim` (1: the input features of a Linear (out, in) weight and the
     input channels of a Conv2d (out, in/groups, kh, kw) weight) by H_n / sqrt(n), after zero padding that
     dimension to n = the next power of two. Optional `mask` state (bool, the shape of forward(w)): entries of the
-    rotated weight that are set to 0 before quantization (magnitude pruning in the rotated domain; lossy)."""
+    rotated weight that are set to 0 before quantization (magnitude pruning in the rotated domain; lossy).
+    A negative `dim` counts from the end (an activation's features: -1), as torch does."""
 
     def __init__(self, dim: int = 1) -> None:
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ConfigError(f"hadamard dim={dim!r} must be an integer >= 1 (dimension 0 holds the output channels)")
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim == 0:
+            raise ConfigError(f"hadamard dim={dim!r} must be a non-zero integer (dimension 0 holds a weight's output "
+                              f"channels, an activation's batch)")
         self.dim = dim
         self.mask: torch.Tensor | None = None
         self._matrices: dict[tuple, torch.Tensor] = {}
@@ -122,22 +124,22 @@ class HadamardTransform(WeightTransform):
             self._matrices[key] = hadamard_matrix(n, like.dtype, like.device)
         return self._matrices[key]
 
+    def _dim(self, x: torch.Tensor) -> int:
+        if not -x.dim() <= self.dim < x.dim():
+            raise ConfigError(f"hadamard dim={self.dim} does not exist in a tensor of shape {tuple(x.shape)}")
+        return self.dim % x.dim()
+
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
         # H is symmetric: x H along `dim` is both the rotation and its inverse
-        moved = x.movedim(self.dim, -1)
-        return (moved @ self._matrix(moved.shape[-1], x)).movedim(-1, self.dim)
-
-    def rotated_shape(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
-        out = list(shape)
-        out[self.dim] = next_power_of_two(out[self.dim])
-        return tuple(out)
+        dim = self._dim(x)
+        moved = x.movedim(dim, -1)
+        return (moved @ self._matrix(moved.shape[-1], x)).movedim(-1, dim)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if self.dim >= w.dim():
-            raise ConfigError(f"hadamard dim={self.dim} does not exist in a weight of shape {tuple(w.shape)}")
-        pad = next_power_of_two(w.shape[self.dim]) - w.shape[self.dim]
+        dim = self._dim(w)
+        pad = next_power_of_two(w.shape[dim]) - w.shape[dim]
         if pad:
-            widths = [0, 0] * (w.dim() - 1 - self.dim) + [0, pad]  # F.pad lists the last dimension first
+            widths = [0, 0] * (w.dim() - 1 - dim) + [0, pad]  # F.pad lists the last dimension first
             w = nn.functional.pad(w, widths)
         rotated = self._rotate(w)
         if self.mask is not None:
@@ -146,7 +148,8 @@ class HadamardTransform(WeightTransform):
 
     def inverse(self, v: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
         # contiguous: a conv picks its kernel by the weight's layout, and a deployed weight is stored contiguous
-        return self._rotate(v).narrow(self.dim, 0, shape[self.dim]).contiguous()
+        dim = self._dim(v)
+        return self._rotate(v).narrow(dim, 0, shape[dim]).contiguous()
 
     def params(self) -> dict:
         return {"dim": self.dim}
