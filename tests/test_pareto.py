@@ -3,7 +3,7 @@ HTML report's trade-off charts, and `bench table`'s mixed rows beside the unifor
 
 Records: a real smoke run (tests/data/figures/smoke_records.jsonl: IMDN x2, Set5 crops, FP, bicubic, MinMax
 and DOBI at W4A4) with hand-made W3A3 and mixed-precision records added (their values chosen so that the
-frontier is known), and the committed reference run results/reference/runs/mixed-imdn (IMDN x4 and x2,
+frontier is known), and the committed reference run results/reference/runs/mixed-precision (IMDN x4 and x2,
 DOBI and EMMSE, uniform and mixed, measured).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bench.runner.rundir import RunDir
 from bench.runner.style import Styles
 from bench.runner.tables import build_tables, render
 
-REFERENCE_RUN = Path(__file__).resolve().parents[1] / "results" / "reference" / "runs" / "mixed-imdn"
+REFERENCE_RUN = Path(__file__).resolve().parents[1] / "results" / "reference" / "runs" / "mixed-precision"
 
 
 @pytest.fixture(autouse=True)
@@ -88,13 +88,13 @@ def test_the_figure_draws_uniform_filled_mixed_hollow_and_each_frontier(records,
     lines = [ln for ln in cost_ax.get_lines() if mcolors.to_hex(ln.get_color()) == dobi_colour]
     frontier = [ln for ln in lines if ln.get_linestyle() == "-"]
     size = next(r for r in records if r["label"] == "dobi")["model_size_bytes"]
-    assert [list(ln.get_xdata()) for ln in frontier] == [[(size - 80_000) / 1e6, (size - 9_000) / 1e6]]
+    assert [list(ln.get_xdata()) for ln in frontier] == [[(size - 80_000) / 1e3, (size - 9_000) / 1e3]]
     filled = [ln for ln in lines if ln.get_linestyle() == "None" and ln.get_markerfacecolor() != "white"]
     hollow = [ln for ln in lines if ln.get_linestyle() == "None" and ln.get_markerfacecolor() == "white"]
-    assert sorted(filled[0].get_xdata()) == [(size - 80_000) / 1e6, size / 1e6]
-    assert list(hollow[0].get_xdata()) == [(size - 9_000) / 1e6]
+    assert sorted(filled[0].get_xdata()) == [(size - 80_000) / 1e3, size / 1e3]
+    assert list(hollow[0].get_xdata()) == [(size - 9_000) / 1e3]
     assert {ln.get_marker() for ln in lines} == {styles.of("dobi").marker, "None"}
-    assert fig.axes[1].get_xlabel() == "model size (MB, measured, packed)"
+    assert fig.axes[1].get_xlabel() == "model size (KB, measured, packed)"
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["FP", "MinMax", "DOBI", "filled: uniform bits", "hollow: mixed precision",
                       "line: the method's Pareto frontier"]
@@ -117,9 +117,9 @@ def test_the_html_report_has_the_same_trade_off_charts(records, tmp_path):
     chart = re.search(r'aria-label="Set5\[crop64\]: PSNR vs size \(cost model\)[^"]*">(.*?)</svg>', html, re.S)[1]
     hollow = re.findall(r'class="pt" fill="white"[^>]*data-name="DOBI \(mixed\)" data-x="([^"]+)"', chart)
     size = next(r for r in records if r["label"] == "dobi")["model_size_bytes"]
-    assert [float(x) for x in hollow] == [(size - 9_000) / 1e6]
+    assert [float(x) for x in hollow] == [(size - 9_000) / 1e3]
     frontier = re.findall(r'data-name="DOBI frontier" data-x="([^"]+)"', chart)
-    assert [float(x) for x in frontier] == [(size - 80_000) / 1e6, (size - 9_000) / 1e6]
+    assert [float(x) for x in frontier] == [(size - 80_000) / 1e3, (size - 9_000) / 1e3]
     assert "mixed4" in html and 'data-name="line: Pareto frontier"' in html
 
 

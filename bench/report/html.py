@@ -300,7 +300,7 @@ def _pareto_chart(records: list[dict], dataset: str, styles: Styles, size_field:
         legend.append(svg.LegendEntry(name, style.colour, style.marker))
 
         def svg_points(chosen, name=name):
-            return [svg.Point(p.size_bytes / 1e6, p.psnr, _tip(p.record, f"size {p.size_bytes / 1e6:.3f} MB ({kind})"))
+            return [svg.Point(p.size_bytes / 1e3, p.psnr, _tip(p.record, f"size {p.size_bytes / 1e3:.1f} KB ({kind})"))
                     for p in chosen]
         series.append(svg.Series(f"{name} frontier", svg_points(pareto.pareto_front(points)), style.colour,
                                  style.marker))
@@ -315,7 +315,7 @@ def _pareto_chart(records: list[dict], dataset: str, styles: Styles, size_field:
                svg.LegendEntry("hollow: mixed precision", "#696969", "o", hollow=True),
                svg.LegendEntry("line: Pareto frontier", "#696969", None)]
     values = [p.y for s in series for p in s.points] + [r["psnr"] for r in fp]
-    return svg.render_chart(svg.Chart(f"{dataset}: PSNR vs size ({kind}), uniform and mixed", f"model size (MB, {kind})",
+    return svg.render_chart(svg.Chart(f"{dataset}: PSNR vs size ({kind}), uniform and mixed", f"model size (KB, {kind})",
                                       "PSNR (dB, Y)", series, hlines, y_range=psnr_limits(values), legend=legend))
 
 

@@ -109,6 +109,7 @@ def trade_off_figure(records: list[dict], model: str, scale: int, styles: Styles
     precision, a solid line through each method's frontier, FP as a dashed line (its size is far to the right:
     drawn as a level, not a point). The legend sits right of the panels (bench.runner.plots' rule)."""
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     from bench.runner import plots
 
@@ -125,12 +126,12 @@ def trade_off_figure(records: list[dict], model: str, scale: int, styles: Styles
                 mpl = styles.mpl(label)
                 front = pareto_front(points)
                 if len(front) > 1:
-                    ax.plot([p.size_bytes / 1e6 for p in front], [p.psnr for p in front], color=mpl["color"],
+                    ax.plot([p.size_bytes / 1e3 for p in front], [p.psnr for p in front], color=mpl["color"],
                             linewidth=1.4, zorder=2)
                 for mixed in (False, True):
                     chosen = [p for p in points if p.mixed is mixed]
                     if chosen:
-                        ax.plot([p.size_bytes / 1e6 for p in chosen], [p.psnr for p in chosen], linestyle="",
+                        ax.plot([p.size_bytes / 1e3 for p in chosen], [p.psnr for p in chosen], linestyle="",
                                 markersize=8, markerfacecolor="white" if mixed else mpl["color"],
                                 markeredgewidth=MIXED_EDGE if mixed else 1.0, zorder=3, **mpl)
             refs = plots._references(ax, [r for r in mine if r["method"] == "fp"], styles)
@@ -138,10 +139,11 @@ def trade_off_figure(records: list[dict], model: str, scale: int, styles: Styles
             plots._honest_psnr_axis(ax, refs + quantized, quantized)
             ax.set_title(plots._title(dataset, records) if len(kinds) == 1 else
                          f"{plots._title(dataset, records)}\n({kind} size)")
+            ax.xaxis.set_major_locator(MaxNLocator(5))  # sizes differ by a few KB: few, round ticks
             low, high = ax.get_xlim()  # only the ticks in view: an unseen label would still count in a layout check
             ax.set_xticks([t for t in ax.get_xticks() if low <= t <= high])
             ax.set_xlim(low, high)
-            ax.set_xlabel(f"model size (MB, {kind})")
+            ax.set_xlabel(f"model size (KB, {kind})")
             ax.set_ylabel("PSNR (dB, Y)")
             ax.grid(alpha=0.3)
     shown = list(dict.fromkeys(r["label"] for r in records if is_quantized(r) and r.get("psnr") is not None))
