@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -139,6 +140,11 @@ def run(args: argparse.Namespace) -> int:
         if dataset is not None:
             evaluated = _evaluate({"fake-quant": qmodel}, dataset, scale)
     else:
+        from bench.export.cpu import saturation_note
+        note = saturation_note(qmodel.quant_config.w_bits)
+        if note:
+            record["cpu_note"] = note
+            print(f"bench: note: {note}", file=sys.stderr)
         result, evaluated, record["export"] = _runtime_latency(args, fp_model, qmodel, threads, dataset, scale)
     record["latency"] = result.to_dict()
     if args.runtime == "openvino":
