@@ -112,9 +112,8 @@ def test_no_trade_off_figure_without_mixed_records(tmp_path, monkeypatch):
 def test_the_html_report_has_the_same_trade_off_charts(records, tmp_path):
     html = build_report([RunRecords(RunDir(tmp_path), records)], None).html
     titles = re.findall(r'<svg class="chart"[^>]*aria-label="([^"]*)">', html)
-    assert titles[-2:] == ["Set5[crop64]: PSNR vs size (cost model), uniform and mixed",
-                           "Set5[crop64]: PSNR vs size (measured, packed), uniform and mixed"]
-    chart = re.search(r'aria-label="Set5\[crop64\]: PSNR vs size \(cost model\)[^"]*">(.*?)</svg>', html, re.S)[1]
+    assert titles[-2:] == ["Set5[crop64]: trade-off, cost-model size", "Set5[crop64]: trade-off, packed file"]
+    chart = re.search(r'aria-label="Set5\[crop64\]: trade-off, cost-model size">(.*?)</svg>', html, re.S)[1]
     hollow = re.findall(r'class="pt" fill="white"[^>]*data-name="DOBI \(mixed\)" data-x="([^"]+)"', chart)
     size = next(r for r in records if r["label"] == "dobi")["model_size_bytes"]
     assert [float(x) for x in hollow] == [(size - 9_000) / 1e3]

@@ -24,7 +24,6 @@ from bench.runner.records import latest_by_key, read_records
 from bench.runner.rundir import RunDir
 from bench.runner.style import MIN_PSNR_SPAN_DB, TIE_DB, Styles, is_quantized, psnr_limits, skipped_charts, tie_note
 from bench.runner.tables import (
-    DEPLOYMENT_COLUMNS,
     DISPLAY_NAMES,
     METRICS,
     Table,
@@ -194,7 +193,7 @@ def _deployment_table(table: Table) -> str:
         cells = [_td(escape(row.label), classes="text"), _td(escape(row.bits), classes="text")]
         cells += [_td(escape(text), row.deployment.get(column.field),
                       extra=f' data-row="{escape(row.label)}|{escape(row.bits)}" data-col="deployment|{column.field}"')
-                  for column, text in zip(DEPLOYMENT_COLUMNS, deployment.cells(row))]
+                  for column, text in zip(deployment.columns, deployment.cells(row))]
         body.append(f"<tr>{''.join(cells)}</tr>")
     notes = "".join(f'<p class="note">{escape(note)}</p>' for note in deployment.notes)
     return (f'<h4>{escape(table.title)}: size and latency, cost model beside measured</h4>'
@@ -290,6 +289,9 @@ def _size_chart(records: list[dict], dataset: str, styles: Styles) -> str:
                                       note=tie_note([r["psnr"] for r in mine if is_quantized(r)])))
 
 
+SHORT_KIND = {"cost model": "cost-model size", "measured, packed": "packed file"}  # chart titles fit the chart
+
+
 def _pareto_chart(records: list[dict], dataset: str, styles: Styles, size_field: str, kind: str) -> str:
     """`bench plot`'s pareto figure for one dataset and size measure: filled uniform, hollow mixed, a line
     through each method's frontier (bench.runner.pareto). The frontier series comes first: the uniform and mixed
@@ -311,11 +313,12 @@ def _pareto_chart(records: list[dict], dataset: str, styles: Styles, size_field:
                                          style.marker, line=False, hollow=mixed))
     fp = [r for r in records if r["method"] == "fp" and r.get("psnr") is not None]
     hlines = [svg.HLine(_name(r), r["psnr"], _tip(r), "6 4", styles.of(r["label"]).colour) for r in fp]
+    legend = [svg.LegendEntry(_name(r), styles.of(r["label"]).colour, None, dash="6 4") for r in fp[:1]] + legend
     legend += [svg.LegendEntry("filled: uniform bits", "#696969", "o"),
                svg.LegendEntry("hollow: mixed precision", "#696969", "o", hollow=True),
                svg.LegendEntry("line: Pareto frontier", "#696969", None)]
     values = [p.y for s in series for p in s.points] + [r["psnr"] for r in fp]
-    return svg.render_chart(svg.Chart(f"{dataset}: PSNR vs size ({kind}), uniform and mixed", f"model size (KB, {kind})",
+    return svg.render_chart(svg.Chart(f"{dataset}: trade-off, {SHORT_KIND.get(kind, kind)}", f"model size (KB, {kind})",
                                       "PSNR (dB, Y)", series, hlines, y_range=psnr_limits(values), legend=legend))
 
 
@@ -344,6 +347,10 @@ def _charts(records: list[dict]) -> str:
             notes.append("Model size: the cost model (packed weights at their bit-width + FP rest + quantizer "
                          "parameters), filled markers" + ("; measured file sizes, hollow markers." if has_measured
                                                           else "; no measured file size is recorded in this run."))
+        if pareto.has_mixed(mine):
+            notes.append("Trade-off charts: filled markers uniform bits, hollow markers mixed precision (per-layer "
+                         "bits within the size and BOPs of the uniform bit-width its tag names), a line through "
+                         "each method's Pareto frontier.")
         if charts:
             notes.append(f"PSNR axes span at least {MIN_PSNR_SPAN_DB} dB; methods within {TIE_DB} dB are marked "
                          f"as not a ranking. Hover a point for its values.")
