@@ -133,8 +133,8 @@ def test_the_latency_note_says_why_nothing_was_timed(run):
     for r in records:  # as a matrix with the default `latency: {runtime: torch}`
         for field in ("latency_ort_fp32_ms", "latency_ort_int8_ms", "latency_ort_speedup", "latency_ort_note"):
             r.pop(field, None)
-    assert "- latency: not measured in onnxruntime (add `latency: {runtime: onnxruntime}` to the matrix)" \
-        in render(build_tables(records), "md")
+    assert ("- latency: not measured in an integer runtime (add `latency: {runtime: onnxruntime}` or "
+            "`{runtime: openvino}` to the matrix)") in render(build_tables(records), "md")
     w4a4_only = [r for r in records if r.get("a_bits") != 8]                 # the demo's case: W4A4 cells only
     assert "- latency: not measurable in onnxruntime here: the ONNX export needs 8-bit activations" \
         in render(build_tables(w4a4_only), "md")

@@ -298,14 +298,15 @@ class TaskRunner:
                                     self._deployment(cell, qmodel)), event
 
     def _deployment(self, cell: Cell, qmodel: nn.Module) -> dict:
-        """Measured packed size (always) and, with `latency: {runtime: onnxruntime}`, FP32 vs int8 in onnxruntime."""
-        from bench.export.measure import onnxruntime_latency_fields, packed_size_fields
+        """Measured packed size (always) and, with `latency: {runtime: onnxruntime | openvino}`, FP32 vs int8 in that
+        runtime (OpenVINO: and BF16)."""
+        from bench.export.measure import onnxruntime_latency_fields, openvino_latency_fields, packed_size_fields
         try:
             fields = packed_size_fields(qmodel)
             lat = self.matrix.latency
-            if lat.runtime == "onnxruntime":
-                fields.update(onnxruntime_latency_fields(self.model(cell), qmodel, lat.lr_size, lat.runs,
-                                                         threads=torch.get_num_threads()))
+            timed = {"onnxruntime": onnxruntime_latency_fields, "openvino": openvino_latency_fields}.get(lat.runtime)
+            if timed is not None:
+                fields.update(timed(self.model(cell), qmodel, lat.lr_size, lat.runs, threads=torch.get_num_threads()))
         except BenchError as exc:
             return {"deployment_note": one_line(exc)}
         return fields

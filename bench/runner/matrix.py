@@ -146,7 +146,7 @@ class EvalSpec:
 class LatencySpec:
     runs: int = 3
     lr_size: int = 128
-    runtime: str = "torch"  # "onnxruntime": also FP32 vs int8 QDQ in onnxruntime (bench.export), measured
+    runtime: str = "torch"  # "onnxruntime" / "openvino": also FP32 vs int8 QDQ in that runtime (bench.export), measured
 
 
 @dataclass(frozen=True)
@@ -541,8 +541,8 @@ def parse_matrix(raw: dict, path: Path) -> MatrixSpec:
     check.keys(ev, {"lpips"}, "eval")
     lat = check.mapping(raw.get("latency"), "latency")
     check.keys(lat, {"runs", "lr_size", "runtime"}, "latency")
-    if lat.get("runtime", "torch") not in ("torch", "onnxruntime"):
-        check.fail(f"latency.runtime: {lat['runtime']!r} is not a runtime; use torch or onnxruntime")
+    if lat.get("runtime", "torch") not in ("torch", "onnxruntime", "openvino"):
+        check.fail(f"latency.runtime: {lat['runtime']!r} is not a runtime; use torch, onnxruntime or openvino")
     cost = check.mapping(raw.get("cost"), "cost")
     check.keys(cost, {"lr_size"}, "cost")
 

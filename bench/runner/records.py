@@ -91,6 +91,17 @@ class CellRecord:
     latency_ort_runs: int | None = None             # timed runs of each model (after one warm-up)
     latency_ort_lr_size: int | None = None          # side of the LR input (rounded up to the pad multiple)
     latency_ort_note: str | None = None
+    # with `latency: {runtime: openvino}`: FP32, BF16 (FP32 graph, bf16 precision hint) and int8 QDQ in OpenVINO
+    latency_ov_fp32_ms: float | None = None
+    latency_ov_bf16_ms: float | None = None
+    latency_ov_int8_ms: float | None = None
+    latency_ov_speedup: float | None = None          # FP32 / int8
+    latency_ov_bf16_speedup: float | None = None     # BF16 / int8
+    latency_ov_bf16_executed: str | None = None      # "bf16", or "f32" on a CPU without bf16 instructions
+    latency_ov_threads: int | None = None
+    latency_ov_runs: int | None = None
+    latency_ov_lr_size: int | None = None
+    latency_ov_note: str | None = None
     deployment_note: str | None = None
     # --- timings and provenance
     calib_seconds: float | None = None

@@ -51,16 +51,28 @@ class DeploymentColumn:
     divisor: float = 1.0
 
 
-DEPLOYMENT_COLUMNS = (
+BASE_DEPLOYMENT_COLUMNS = (
     DeploymentColumn("model_size_bytes", "size KB (cost model)", 1, 1000.0),
     DeploymentColumn("packed_size_bytes", "size KB (measured, packed)", 1, 1000.0),
     DeploymentColumn("speedup", "speed-up (paper rule)", 2),
+)
+ORT_DEPLOYMENT_COLUMNS = (
     DeploymentColumn("latency_ort_fp32_ms", "FP32 latency ms (measured, onnxruntime {provider})", 1),
     DeploymentColumn("latency_ort_int8_ms", "int8 latency ms (measured, onnxruntime {provider})", 1),
     DeploymentColumn("latency_ort_speedup", "speed-up (measured, onnxruntime {provider})", 2),
 )
+# OpenVINO: int8 beside FP32 and BF16 of the same runtime (bf16 is the float competitor of int8 on AMX CPUs)
+OV_DEPLOYMENT_COLUMNS = (
+    DeploymentColumn("latency_ov_fp32_ms", "FP32 ms (measured, OpenVINO)", 1),
+    DeploymentColumn("latency_ov_bf16_ms", "BF16 ms (measured, OpenVINO)", 1),
+    DeploymentColumn("latency_ov_int8_ms", "int8 ms (measured, OpenVINO)", 1),
+    DeploymentColumn("latency_ov_speedup", "int8 speed-up vs FP32 (OpenVINO)", 2),
+    DeploymentColumn("latency_ov_bf16_speedup", "int8 speed-up vs BF16 (OpenVINO)", 2),
+)
+DEPLOYMENT_COLUMNS = BASE_DEPLOYMENT_COLUMNS + ORT_DEPLOYMENT_COLUMNS   # the columns of an onnxruntime-timed run
+ALL_DEPLOYMENT_COLUMNS = DEPLOYMENT_COLUMNS + OV_DEPLOYMENT_COLUMNS
 # Fields only a deployment measurement writes: a table without any of them has nothing measured to show.
-MEASURED_DEPLOYMENT_FIELDS = ("packed_size_bytes", "latency_ort_fp32_ms", "latency_ort_int8_ms")
+MEASURED_DEPLOYMENT_FIELDS = ("packed_size_bytes", "latency_ort_fp32_ms", "latency_ort_int8_ms", "latency_ov_int8_ms")
 MISSING = "-"
 
 
@@ -303,7 +315,7 @@ def _measured_rows(records: list[dict], columns: list[str]) -> list[Row]:
         dataset = r.get("dataset_label") or r["dataset"]
         for metric, _ in METRICS:
             by_row[key].values[(dataset, metric)] = r.get(metric)
-        for column in DEPLOYMENT_COLUMNS:  # the first record of the row that has the figure
+        for column in ALL_DEPLOYMENT_COLUMNS:  # the first record of the row that has the figure
             if by_row[key].deployment.get(column.field) is None:
                 by_row[key].deployment[column.field] = r.get(column.field)
     return [by_row[k] for k in sorted(by_row, key=lambda k: order[k])]
@@ -317,13 +329,14 @@ class Deployment:
     rows: list[Row]
     provider: str
     notes: list[str]
+    columns: tuple[DeploymentColumn, ...] = DEPLOYMENT_COLUMNS
 
     def headers(self) -> list[str]:
-        return [c.header.format(provider=self.provider) for c in DEPLOYMENT_COLUMNS]
+        return [c.header.format(provider=self.provider) for c in self.columns]
 
     def cells(self, row: Row, missing: str = MISSING) -> list[str]:
         return [_fmt(None if row.deployment.get(c.field) is None else row.deployment[c.field] / c.divisor,
-                     c.digits, missing) for c in DEPLOYMENT_COLUMNS]
+                     c.digits, missing) for c in self.columns]
 
 
 def build_deployment(records: list[dict], rows: list[Row]) -> Deployment | None:
@@ -332,7 +345,10 @@ def build_deployment(records: list[dict], rows: list[Row]) -> Deployment | None:
         return None
     shown = [row for row in rows if not row.reference and any(v is not None for v in row.deployment.values())]
     providers = sorted({r["latency_ort_provider"] for r in records if r.get("latency_ort_provider")})
-    return Deployment(shown, "/".join(providers) or "cpu", _deployment_notes(records))
+    columns = DEPLOYMENT_COLUMNS
+    if any(r.get("latency_ov_int8_ms") is not None for r in records):  # OpenVINO-timed: its columns, not ORT's
+        columns = BASE_DEPLOYMENT_COLUMNS + OV_DEPLOYMENT_COLUMNS
+    return Deployment(shown, "/".join(providers) or "cpu", _deployment_notes(records), columns)
 
 
 def _deployment_notes(records: list[dict]) -> list[str]:
@@ -353,11 +369,21 @@ def _deployment_notes(records: list[dict]) -> list[str]:
             for runs, size, threads in facts)
         notes.append(f"latency: FP32 and int8 QDQ exports in one onnxruntime process ({described}); "
                      f"speed-up (measured) = FP32 / int8 latency")
-    elif any(r.get("a_bits") == 8 for r in records if r.get("method") not in ("fp", "bicubic")):
-        notes.append("latency: not measured in onnxruntime (add `latency: {runtime: onnxruntime}` to the matrix)")
-    else:  # the ONNX QDQ export writes uint8 activations
-        notes.append("latency: not measurable in onnxruntime here: the ONNX export needs 8-bit activations")
-    skipped = {r["latency_ort_note"] for r in records if r.get("latency_ort_note")}
+    ov_timed = [r for r in records if r.get("latency_ov_int8_ms") is not None]
+    if ov_timed:
+        facts = sorted({(r.get("latency_ov_runs"), r.get("latency_ov_lr_size"), r.get("latency_ov_threads"),
+                         r.get("latency_ov_bf16_executed")) for r in ov_timed}, key=str)
+        described = "; ".join(f"median of {runs} interleaved runs, LR {size}x{size}, {threads} thread(s), BF16 "
+                              f"executed as {executed}" for runs, size, threads, executed in facts)
+        notes.append(f"latency: FP32, BF16 (the FP32 graph with the bf16 precision hint) and the int8 QDQ export in "
+                     f"one OpenVINO CPU process ({described}); speed-up = FP32 (or BF16) / int8 latency")
+    if not timed and not ov_timed:
+        if any(r.get("a_bits") == 8 for r in records if r.get("method") not in ("fp", "bicubic")):
+            notes.append("latency: not measured in an integer runtime (add `latency: {runtime: onnxruntime}` or "
+                         "`{runtime: openvino}` to the matrix)")
+        else:  # the ONNX QDQ export writes uint8 activations
+            notes.append("latency: not measurable in onnxruntime here: the ONNX export needs 8-bit activations")
+    skipped = {r[k] for r in records for k in ("latency_ort_note", "latency_ov_note") if r.get(k)}
     skipped |= {r["deployment_note"] for r in records if r.get("deployment_note")}
     notes += [f"not measured: {text}" for text in sorted(skipped)]
     return notes
