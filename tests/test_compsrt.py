@@ -114,8 +114,8 @@ def test_scale_offset_is_uniform_at_zero_and_its_formula_otherwise():
     plain.set_bounds(-1.0, 1.0)
     with torch.no_grad():
         assert torch.equal(so(x), plain(x))
-    so.alpha.requires_grad_(True)  # the training path (alpha, beta learnable) gives the same values at 0
-    assert torch.equal(so(x).detach(), plain(x).detach())
+    so.alpha.requires_grad_(True)  # the training path (alpha, beta learnable): the same values at 0, up to the
+    assert torch.allclose(so(x).detach(), plain(x).detach(), atol=1e-6)  # float32 rounding of u = l + N s
     so.alpha.requires_grad_(False)
     with torch.no_grad():
         so.alpha.fill_(0.1)   # s = 2/3 + 0.1 = 0.7667

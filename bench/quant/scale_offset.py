@@ -4,6 +4,10 @@ point (CompSRT's "scalar decomposition", methods/compsrt.py), trained with the b
     s = max((u - l) / N + alpha, 1e-12),   Z = l + beta
     forward(x) = s * clamp(round((clip(x, l, u) - Z) / s), 0, N) + Z          (round: STE; N = 2^b - 1)
 
+computed as the uniform quantizer with bounds (Z, Z + N s) applied to clip(x, l, u), so that training and inference
+take the core's one-node STE and fused kernels (`fake_quantize`; the step it derives from (Z, Z + N s) equals s up to
+float32 rounding, and `dequant_grid` returns that step).
+
 alpha and beta have the bounds' shape (per tensor or per channel) and start at 0, where the type is the uniform
 quantizer bit for bit (its fast paths included, as long as alpha and beta need no gradient). The clamp of the
 codes to 0..N keeps it a b-bit quantizer: its grid is Z + k s, k = 0..N, so it packs and dequantizes like the
@@ -16,7 +20,14 @@ import torch
 import torch.nn as nn
 
 from bench.quant.qtype_registry import register_quantizer_type
-from bench.quant.quantizer import _MIN_STEP, FakeQuantizer, _ClipWithBoundGrads, _round_ste, _scale_grad
+from bench.quant.quantizer import (
+    _MIN_STEP,
+    FakeQuantizer,
+    _ClipWithBoundGrads,
+    _scale_grad,
+    fake_quantize,
+    fake_quantize_inference,
+)
 
 
 @register_quantizer_type("scale-offset")
@@ -37,11 +48,16 @@ class ScaleOffsetQuantizer(FakeQuantizer):
         return not (self.alpha.requires_grad or self.beta.requires_grad) and not (
             bool(self.alpha.detach().any()) or bool(self.beta.detach().any()))
 
+    def _grid_bounds(self, lower, upper, alpha, beta) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Z, Z + N s): the uniform grid the codes live on."""
+        step = torch.clamp((upper - lower) / self.levels + alpha, min=_MIN_STEP)
+        zero = lower + beta
+        return zero, zero + step * self.levels
+
     def dequant_grid(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(step s, zero point Z), detached, in the bounds' shape: the dequantized value of code k is s k + Z."""
-        lower, upper = self.lower.detach(), self.upper.detach()
-        step = torch.clamp((upper - lower) / self.levels + self.alpha.detach(), min=_MIN_STEP)
-        return step, lower + self.beta.detach()
+        """(step, zero point Z), detached, in the bounds' shape: the dequantized value of code k is step k + Z."""
+        lo, hi = self._grid_bounds(self.lower.detach(), self.upper.detach(), self.alpha.detach(), self.beta.detach())
+        return torch.clamp((hi - lo) / self.levels, min=_MIN_STEP), lo
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.passes_through(x):
@@ -52,23 +68,20 @@ class ScaleOffsetQuantizer(FakeQuantizer):
         if self.grad_scale is not None:
             lower, upper = _scale_grad(lower, self.grad_scale), _scale_grad(upper, self.grad_scale)
         lower, upper = self._broadcast(lower, x), self._broadcast(upper, x)
-        alpha, beta = self._broadcast(alpha, x), self._broadcast(beta, x)
-        step = torch.clamp((upper - lower) / self.levels + alpha, min=_MIN_STEP)
-        zero = lower + beta
-        clipped = _ClipWithBoundGrads.apply(x, lower, upper)
+        lo, hi = self._grid_bounds(lower, upper, self._broadcast(alpha, x), self._broadcast(beta, x))
         if not torch.is_grad_enabled():
-            codes = ((clipped - zero) / step).round_().clamp_(0, self.levels)
-            return codes.mul_(step).add_(zero)
-        codes = torch.clamp(_round_ste((clipped - zero) / step), 0, self.levels)
-        return step * codes + zero
+            return fake_quantize_inference(torch.clamp(x, lower, upper), lo, hi, self.bits)
+        return fake_quantize(_ClipWithBoundGrads.apply(x, lower, upper), lo, hi, self.bits)
 
     @torch.no_grad()
     def codes(self, w: torch.Tensor) -> torch.Tensor:
+        """round((clip(clip(w, l, u), Z, Z + N s) - Z) / step) with the float32 ops of the forward."""
         step, zero = self.dequant_grid()
-        lower, upper = self._broadcast(self.lower.detach(), w), self._broadcast(self.upper.detach(), w)
-        clipped = torch.minimum(torch.maximum(w.detach(), lower), upper)
-        return torch.clamp(torch.round((clipped - self._broadcast(zero, w)) / self._broadcast(step, w)), 0,
-                           self.levels)
+        _, hi = self._grid_bounds(self.lower.detach(), self.upper.detach(), self.alpha.detach(), self.beta.detach())
+        b = lambda p: self._broadcast(p, w)  # noqa: E731
+        clipped = torch.minimum(torch.maximum(w.detach(), b(self.lower.detach())), b(self.upper.detach()))
+        clipped = torch.minimum(torch.maximum(clipped, b(zero)), b(hi))
+        return torch.round((clipped - b(zero)) / b(step))
 
     def quant_state(self) -> dict[str, torch.Tensor]:
         return {"alpha": self.alpha.detach().cpu().clone(), "beta": self.beta.detach().cpu().clone()}
