@@ -40,6 +40,7 @@ from tqdm import tqdm
 from bench.errors import ConfigError
 from bench.quant.layers import QUANT_LAYER_TYPES
 from bench.quant.pipeline import CalibContext
+from bench.quant.integer_grid import uniform_grid_bounds
 from bench.quant.qtypes import make_quantizer, replace_quantizer
 from bench.quant.quantizer import FakeQuantizer
 from bench.quant.rounding import LearnedRoundingQuantizer
@@ -396,7 +397,7 @@ class Reconstruction:
         create_method(self.init, **self.init_params).calibrate(qmodel, ctx)
         for name, q, _ in weight_quantizers(qmodel):
             new = make_quantizer("learned-rounding", q)
-            new.set_bounds(*q.bounds())
+            new.set_bounds(*uniform_grid_bounds(q))  # an integer-grid type's own grid (deploy scope: zero point 0)
             replace_quantizer(qmodel, name, new)
         batch = ctx.require_batch()
         generator = seed_everything(ctx.seed)

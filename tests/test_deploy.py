@@ -214,3 +214,33 @@ def test_openvino_runs_every_conv_in_int8(exported):
                        if layer == "Convolution"}
     assert convs(path) == {"u8": CONVS}
     assert convs(fp_path) == {"f32": CONVS}
+
+
+def test_learned_rounding_keeps_the_symmetric_grid_and_exports_its_codes(model, batch, tmp_path):
+    # AdaRound swaps each weight quantizer for a learned-rounding one on the same grid: in the deploy scope that is
+    # the symmetric grid (zero point 0), so the export keeps the learned codes exactly, as int8 with zero point 0.
+    import onnx
+
+    from bench.export.onnx_qdq import constant_values, export_onnx
+    from bench.quant import weight_quantizers
+    qmodel, _ = quantize_with_method(model, create_method("adaround", iters=20), 8, 8,
+                                     CalibContext(fp_model=model, calib_batch=batch), scope="deploy")
+    qmodel.eval()
+    rounders = [q for _, q, _ in weight_quantizers(qmodel)]
+    assert {q.quant_type for q in rounders} == {"learned-rounding"} and all(q.mode == "hard" for q in rounders)
+    export_onnx(qmodel, tmp_path / "adaround.onnx", sample_size=16)
+    graph = onnx.load(str(tmp_path / "adaround.onnx")).graph
+    inits = constant_values(graph)
+    weights = [n for n in graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+               and inits[n.input[0]].ndim == 4]
+    assert len(weights) == CONVS
+    for node in weights:
+        assert inits[node.input[0]].dtype == np.int8 and not inits[node.input[2]].any()
+    for (_, q, w), node in zip(weight_quantizers(qmodel), weights):   # the learned codes, not nearest rounding
+        codes = inits[node.input[0]].astype(np.int32) + (q.levels + 1) // 2
+        assert np.array_equal(codes, q.codes(w).numpy().astype(np.int32))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(tmp_path / "adaround.onnx"), options, providers=["CPUExecutionProvider"])
+    x = batch[:1]
+    assert _max_step_difference(session.run(None, {"lr": x.numpy()})[0], qmodel, x) <= ONE_STEP

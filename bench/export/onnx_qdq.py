@@ -27,6 +27,7 @@ tensor of codes q + 8 with zero point z: the same integers as the uint8 export, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import warnings
 from collections import Counter
@@ -49,6 +50,10 @@ INT4_MAX_BITS = 4
 INT4_MARK = 8          # <= 4-bit weights are traced as int8 QDQ with zero point z - INT4_MARK (see the docstring)
 ONNX_ACT_BITS = 8
 EXPORTABLE_TYPES = ("uniform", "int-symmetric", "int-zero-point")   # the QDQ-expressible grids
+# A learned-rounding weight keeps its learned codes only on a grid whose zero point is an integer already (the deploy
+# scope's: AdaRound/BRECQ/QDrop there start from its symmetric grid); its dequantized weight is then exported.
+LEARNED_ROUNDING = "learned-rounding"
+_INTEGER_ZERO_POINT_TOLERANCE = 1e-3
 UINT8_MAX = 255
 INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 
@@ -162,9 +167,18 @@ def _check_exportable(qmodel: nn.Module) -> None:
                               f"activations: quantize with --a-bits 8 (weights may have fewer bits)")
         # QDQ nodes are uniform grids with round-to-nearest; a learned-rounding weight's codes sit on the
         # fake-quant grid, which the rounded zero point moves, so its learned choices cannot be kept either.
+        if q.enabled and q.quant_type == LEARNED_ROUNDING and _integer_zero_point(q):
+            continue
         if q.enabled and q.quant_type not in EXPORTABLE_TYPES:
             raise ConfigError(f"quantizer {name} is a {q.quant_type} quantizer, which ONNX QuantizeLinear/"
                               f"DequantizeLinear cannot express: export with --format packed, or use a uniform method")
+
+
+def _integer_zero_point(q: FakeQuantizer) -> bool:
+    """True when -l/s is an integer (to float precision) in every channel: the grid needs no rounding to export."""
+    lower, upper = q.lower.detach().double(), q.upper.detach().double()
+    position = -lower / ((upper - lower) / q.levels)
+    return bool(((position - position.round()).abs() < _INTEGER_ZERO_POINT_TOLERANCE).all())
 
 
 def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -185,7 +199,14 @@ def onnx_ready_copy(qmodel: nn.Module, report: ExportReport, uint4_weights: bool
             _replace(model, name, nn.Identity())
             continue
         grid = integer_grid(q)
-        if q.is_weight:
+        if q.is_weight and q.quant_type == LEARNED_ROUNDING:
+            # The learned codes, exactly: the dequantized weight lies on the grid, which the QDQ maps back to them.
+            owner = owners[name]
+            owner.weight.data = q(owner.weight.detach()).detach()
+            if bool((grid.zero_point == (grid.levels + 1) // 2).all()):  # symmetric: int8 with zero point 0
+                grid = dataclasses.replace(grid, int8=True)
+            report.weight_qdq += 1
+        elif q.is_weight:
             owner = owners[name]
             # Clipped to the integer grid's range, not rounded: rounding to the fake-quant grid first and then
             # to the shifted ONNX grid would move every weight of a channel by the same shift (a coherent error,

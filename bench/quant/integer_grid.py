@@ -137,3 +137,14 @@ class SymmetricQuantizer(_IntegerGridQuantizer):
 
 DEPLOY_WEIGHT_TYPE = SymmetricQuantizer.quant_type
 DEPLOY_ACT_TYPE = IntegerZeroPointQuantizer.quant_type
+
+
+@torch.no_grad()
+def uniform_grid_bounds(q: FakeQuantizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(l, u) of the uniform 2^b-level grid `q` computes on: its bounds for a uniform quantizer, the mapped grid for
+    the integer-grid types. A method that swaps such a quantizer for another uniform-grid type (AdaRound's learned
+    rounding) gives the new one these bounds, so the deploy scope's weights keep zero point 0."""
+    if isinstance(q, _IntegerGridQuantizer):
+        glo, ghi, _, _ = q.grid_bounds(q.lower.detach(), q.upper.detach())
+        return glo.clone(), ghi.clone()
+    return q.bounds()
