@@ -14,7 +14,7 @@ from models.registry import MODEL_REGISTRY, get_entry, list_models, register_mod
 
 # Importing a model module registers it.
 ARCHITECTURE_MODULES = ("models.imdn", "models.swinir", "models.carn", "models.rfdn", "models.rlfn", "models.bsrn",
-                        "models.fsrcnn", "models.imdtn")
+                        "models.fsrcnn", "models.imdtn", "models.rlfn_s")
 
 RANDOM = "random"
 DEFAULT = "default"  # same as None (matrix files spell it out)
