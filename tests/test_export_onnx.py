@@ -243,8 +243,8 @@ def test_matrix_latency_runtime_is_validated(tmp_path):
 
     matrix = tmp_path / "deploy.yaml"
     matrix.write_text(DEPLOY_MATRIX.replace("runtime: onnxruntime", "runtime: tensorrt"), encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"deploy.yaml: latency.runtime: 'tensorrt' is not a runtime; use torch or "
-                                          r"onnxruntime$"):
+    with pytest.raises(ConfigError, match=r"deploy.yaml: latency.runtime: 'tensorrt' is not a runtime; use torch, "
+                                          r"onnxruntime or openvino$"):
         load_matrix(matrix)
 
 

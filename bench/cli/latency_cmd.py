@@ -34,8 +34,8 @@ def register(subparsers) -> None:
                         "without bf16 instructions, and the output says so)")
     p.add_argument("--peers", default=None, metavar="NAMES",
                    help="comma-separated runtime PTQ peers timed (and evaluated) in the same loop: "
-                        "ort-minmax, ort-entropy, ort-percentile, nncf, or none (default: ort-minmax for openvino "
-                        "and onnxruntime); they calibrate on the quantized file's calibration patches")
+                        "ort-minmax, ort-entropy, ort-percentile, nncf, or none (default: ort-minmax for openvino, "
+                        "none for onnxruntime); they calibrate on the quantized file's calibration patches")
     p.add_argument("--calib", type=Path, default=None, metavar="DIR",
                    help="HR images for the peers' calibration when the quantized file does not record its own")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="onnxruntime provider (default cpu)")
@@ -59,12 +59,16 @@ def _evaluate(fp_q_models: dict, dataset, scale: int) -> dict:
 
 def _peer_names(args: argparse.Namespace) -> list[str]:
     from bench.export.peers import get_peer
-    if args.peers is None:
-        return ["ort-minmax"]
+    if args.peers is None:  # default: the runtime's own int8 beside ours in OpenVINO, nothing extra elsewhere
+        return ["ort-minmax"] if args.runtime == "openvino" else []
     names = [] if args.peers.strip() in ("", "none") else [n.strip() for n in args.peers.split(",")]
     for name in names:
         get_peer(name)  # an unknown name fails before any export
     return names
+
+
+def _records_calibration(args: argparse.Namespace, qmodel) -> bool:
+    return bool(args.calib or ((getattr(qmodel, "quant_meta", {}) or {}).get("calibration") or {}).get("train_dir"))
 
 
 def _peer_batch(args: argparse.Namespace, qmodel, scale: int):
@@ -94,6 +98,10 @@ def _runtime_latency(args, fp_model, qmodel, threads: int, dataset, scale: int):
         export_onnx(fp_model, fp_path)
         report = export_onnx(qmodel, q_path, **opset_kwargs(args))
         peers = {}
+        if peer_names and args.peers is None and not _records_calibration(args, qmodel):
+            print(f"bench: note: {args.quantized} records no calibration folder: no peer is timed (give --calib DIR)",
+                  file=sys.stderr)
+            peer_names = []
         if peer_names:
             batch = _peer_batch(args, qmodel, scale)
             peers = {name: build_peer(name, fp_path, folder / "peers", batch) for name in peer_names}
