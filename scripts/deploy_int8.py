@@ -8,7 +8,8 @@ Per model (IMDN x2/x4 and IMDTN x4 official weights, SwinIR-light x4 shipped wei
   * one calibration batch (`bench quantize`'s default: 32 LR patches of 64x64 from --train-dir, seed 0);
   * each method in the `deploy` scope at W8A8 and W7A8 (7-bit weights: what CPUs without VNNI execute exactly,
     bench/export/cpu.py), exported to ONNX QDQ; the peers (onnxruntime quantize_static with MinMax, Entropy and
-    Percentile calibrators; NNCF quantize) on the same FP32 ONNX model and batch;
+    Percentile calibrators; NNCF quantize) on the same FP32 ONNX model and batch, at W8A8 with their defaults
+    (--peers8) and at W7A8 with onnxruntime's reduce_range and NNCF's overflow fix on every layer (--peers7);
   * PSNR/SSIM (Y, border = scale) of the fake-quant model and of the int8 model run by OpenVINO and onnxruntime,
     on --datasets;
   * file sizes: the .onnx and the OpenVINO IR (.xml + .bin) of each int8 model;
@@ -116,7 +117,7 @@ def run_model(name: str, scale: int, weights, args, folder: Path) -> dict:
     batch = calibration_batch(args.train_dir, scale, n=args.calib_n, patch=args.calib_patch, seed=0)
     transformer = name in args.transformers
     methods = args.transformer_methods if transformer else args.methods
-    w_bits_list = [8] if transformer else args.w_bits
+    w_bits_list = args.w_bits
     fp_path = folder / "fp32.onnx"
     export_onnx(fp, fp_path)
     row = {"model": name, "scale": scale, "weights": str(weights or "shipped"), "fp": metrics(fp, datasets, scale),
@@ -140,9 +141,12 @@ def run_model(name: str, scale: int, weights, args, folder: Path) -> dict:
                                       "onnxruntime": metrics(OnnxSRModel(path, args.threads), datasets, scale)}
             row["sizes"][label] = {"onnx": path.stat().st_size, "ir": ir_size(path, folder)}
             log(f"{name} x{scale} {label}: {row['variants'][label]}")
-    for peer in args.peers:
+    peer_runs = [(peer, False) for peer in args.peers8 if 8 in w_bits_list]
+    peer_runs += [(peer, True) for peer in args.peers7 if 7 in w_bits_list]
+    for peer_name, reduce_range in peer_runs:
+        peer = f"{peer_name} W{7 if reduce_range else 8}A8"
         try:
-            path = build_peer(peer, fp_path, folder / "peers", batch)
+            path = build_peer(peer_name, fp_path, folder / "peers", batch, reduce_range)
         except Exception as exc:  # a peer that cannot quantize this graph is a finding, not a crash
             row["variants"][peer] = {"kind": "peer", "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
             log(f"{name} x{scale} {peer}: failed: {exc}")
@@ -197,10 +201,12 @@ def _fmt(value, digits=2):
 
 def markdown(rows: list[dict], env: dict, args) -> str:
     lines = ["# Deployable int8: the `deploy` scope in OpenVINO and onnxruntime, beside the runtimes' own PTQ", "",
-             "Regenerate: `OMP_NUM_THREADS=1 python scripts/deploy_int8.py --data-root DATA/benchmark "
-             "--train-dir DATA/train --weights-dir WEIGHTS --out results/reference/deploy-int8.md` "
-             f"(commit {env['commit']}, {env['threads']} thread(s), warm: one warm-up run per model before the "
-             f"{env['runs']} timed interleaved runs).", "",
+             "Regenerate: one run per model (each writes its .md and .json), then this page from their JSON files:", "",
+             *[f"    {command}" for command in env.get("commands", [env.get("command", "")])],
+             "    python scripts/deploy_int8.py --render RUN.json ... --out results/reference/deploy-int8.md", "",
+             f"Measured at commit {env['commit']}, {env['threads']} thread(s), warm: one warm-up run per model before "
+             f"the {env['runs']} timed interleaved runs, on a machine shared with other jobs (ratios are interleaved "
+             f"in one process; absolute times are not comparable across models).", "",
              f"CPU: {env['cpu']} ({env['cores']} cores); int8 dot product (VNNI/AMX): {env['vnni']}; bf16: "
              f"{env['bf16']}. OpenVINO {env['openvino']}, onnxruntime {env['onnxruntime']}, NNCF {env['nncf']}.", "",
              "PSNR/SSIM: Y channel, border = scale. *fake quant* is the project's model in PyTorch; *OpenVINO* and "
@@ -266,18 +272,35 @@ def markdown(rows: list[dict], env: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render(json_files: list[Path], out: Path) -> int:
+    """Write the markdown of several runs' JSON files (one model per run, so each regenerates on its own)."""
+    parts = [json.loads(Path(f).read_text()) for f in json_files]
+    rows = [row for part in parts for row in part["rows"]]
+    env = dict(parts[0]["env"])
+    commits = sorted({part["env"]["commit"] for part in parts})
+    env["commit"] = ", ".join(commits)
+    env["commands"] = [part["env"].get("command", "(command not recorded)") for part in parts]
+    out.write_text(markdown(rows, env, None))
+    log(f"wrote {out} from {len(json_files)} runs")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", type=Path, required=True)
-    p.add_argument("--train-dir", type=Path, required=True)
-    p.add_argument("--weights-dir", type=Path, required=True)
+    p.add_argument("--render", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="only write --out from these runs' JSON files (each run's command is in the file)")
+    p.add_argument("--data-root", type=Path)
+    p.add_argument("--train-dir", type=Path)
+    p.add_argument("--weights-dir", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--models", default="imdn:2,imdn:4,imdtn:4,swinir-light:4")
     p.add_argument("--methods", default="minmax,percentile,emmse,dobi")
     p.add_argument("--transformer-methods", default="minmax,dobi")
     p.add_argument("--transformers", default="imdtn,swinir-light")
     p.add_argument("--w-bits", default="8,7")
-    p.add_argument("--peers", default=",".join(PEERS))
+    p.add_argument("--peers8", default="ort-minmax,nncf", help="peers with their default (8-bit) weights")
+    p.add_argument("--peers7", default=",".join(PEERS),
+                   help="peers with 7-bit weights (onnxruntime reduce_range, NNCF overflow fix on every layer)")
     p.add_argument("--datasets", default="Set5,Set14")
     p.add_argument("--calib-n", type=int, default=32)
     p.add_argument("--calib-patch", type=int, default=64)
@@ -286,7 +309,11 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    for key in ("methods", "transformer_methods", "transformers", "peers", "datasets"):
+    if args.render:
+        return render(args.render, args.out)
+    if not (args.data_root and args.train_dir and args.weights_dir):
+        p.error("--data-root, --train-dir and --weights-dir are needed to measure (or give --render JSON ...)")
+    for key in ("methods", "transformer_methods", "transformers", "peers8", "peers7", "datasets"):
         setattr(args, key, [v for v in getattr(args, key).split(",") if v])
     args.w_bits = [int(v) for v in args.w_bits.split(",")]
     torch.set_num_threads(args.threads)
@@ -300,7 +327,8 @@ def main() -> int:
            "threads": args.threads, "runs": args.runs, "cpu": platform.processor() or platform.machine(),
            "cores": len(__import__("os").sched_getaffinity(0)), "vnni": has_int8_dot_product(), "bf16": has_bf16(),
            "cpu_flags_avx": sorted(f for f in cpu_flags() if "avx" in f or "amx" in f or "vnni" in f),
-           "openvino": openvino.__version__, "onnxruntime": onnxruntime.__version__, "nncf": nncf.__version__}
+           "openvino": openvino.__version__, "onnxruntime": onnxruntime.__version__, "nncf": nncf.__version__,
+           "command": "OMP_NUM_THREADS=1 python scripts/deploy_int8.py " + " ".join(sys.argv[1:])}
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
         if line.startswith("model name"):
             env["cpu"] = line.split(":", 1)[1].strip()

@@ -104,7 +104,8 @@ def _runtime_latency(args, fp_model, qmodel, threads: int, dataset, scale: int):
             peer_names = []
         if peer_names:
             batch = _peer_batch(args, qmodel, scale)
-            peers = {name: build_peer(name, fp_path, folder / "peers", batch) for name in peer_names}
+            reduce_range = qmodel.quant_config.w_bits < 8  # 7-bit weights: the peers' reduce_range / overflow fix
+            peers = {name: build_peer(name, fp_path, folder / "peers", batch, reduce_range) for name in peer_names}
         int4 = ", UINT4 weights" if report.uint4_weights else ""
         if args.runtime == "openvino":
             from bench.export.ov_model import OpenVINOSRModel as Runner

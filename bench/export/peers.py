@@ -10,6 +10,10 @@ the calibration patches, and writes a model file its runtime executes in int8.
     convolutions, matmuls and eltwise ops, symmetric weights, fast bias correction), saved as OpenVINO IR.
 
 `PEERS` describes them as data: the runtime a peer needs and the function that builds its file.
+
+`reduce_range=True` asks each peer for what CPUs without VNNI execute exactly (bench/export/cpu.py): onnxruntime's
+`reduce_range` (7-bit weights) and NNCF's overflow fix on every layer (`OverflowFix.ENABLE`, weights halved to 7
+bits). Their defaults are 8-bit weights (onnxruntime) and the fix on the first layer only (NNCF).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ INPUT_NAME = "lr"
 class Peer:
     name: str
     description: str
-    build: Callable[[Path, Path, torch.Tensor], Path]   # (fp32 onnx, output folder, calibration batch) -> file
+    build: Callable[..., Path]          # (fp32 onnx, output folder, calibration batch, reduce_range) -> file
     package: str                                        # what must be installed
 
 
@@ -56,23 +60,24 @@ def _copy_metadata(source: Path, target: Path) -> None:
 
 
 def _ort_static(calibrator: str) -> Callable[[Path, Path, torch.Tensor], Path]:
-    def build(fp_path: Path, folder: Path, batch: torch.Tensor) -> Path:
+    def build(fp_path: Path, folder: Path, batch: torch.Tensor, reduce_range: bool = False) -> Path:
         try:
             from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
             from onnxruntime.quantization.shape_inference import quant_pre_process
         except ModuleNotFoundError as exc:
             raise ConfigError("onnxruntime is not installed: pip install -e '.[onnx]'") from exc
-        pre, out = folder / "ort-pre.onnx", folder / f"ort-{calibrator.lower()}.onnx"
+        pre = folder / "ort-pre.onnx"
+        out = folder / f"ort-{calibrator.lower()}{'-7bit' if reduce_range else ''}.onnx"
         quant_pre_process(str(fp_path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), _Reader(batch), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=getattr(CalibrationMethod, calibrator))
+                        reduce_range=reduce_range, calibrate_method=getattr(CalibrationMethod, calibrator))
         _copy_metadata(fp_path, out)
         return out
     return build
 
 
-def _nncf(fp_path: Path, folder: Path, batch: torch.Tensor) -> Path:
+def _nncf(fp_path: Path, folder: Path, batch: torch.Tensor, reduce_range: bool = False) -> Path:
     try:
         import nncf
         import openvino as ov
@@ -81,9 +86,12 @@ def _nncf(fp_path: Path, folder: Path, batch: torch.Tensor) -> Path:
     model = ov.Core().read_model(str(fp_path))
     model.reshape({model.inputs[0].any_name: [1, *batch.shape[1:]]})
     items = [batch[i:i + 1].numpy() for i in range(batch.shape[0])]
-    quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items))
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE if reduce_range
+                                              else OverflowFix.FIRST_LAYER)
+    quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), advanced_parameters=advanced)
     quantized.reshape({quantized.inputs[0].any_name: [1, 3, -1, -1]})
-    out = folder / "nncf.xml"
+    out = folder / ("nncf-7bit.xml" if reduce_range else "nncf.xml")
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out
 
@@ -103,11 +111,12 @@ def get_peer(name: str) -> Peer:
     return PEERS[name]
 
 
-def build_peer(name: str, fp_onnx: str | Path, folder: str | Path, batch: torch.Tensor) -> Path:
+def build_peer(name: str, fp_onnx: str | Path, folder: str | Path, batch: torch.Tensor,
+               reduce_range: bool = False) -> Path:
     """Quantize the FP32 ONNX model `fp_onnx` with peer `name` on `batch` (N, 3, h, w); returns its file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return get_peer(name).build(Path(fp_onnx), folder, batch.detach().float().cpu().contiguous())
+    return get_peer(name).build(Path(fp_onnx), folder, batch.detach().float().cpu().contiguous(), reduce_range)
 
 
 def ort_calibrated_ranges(fp_onnx: str | Path, batch: torch.Tensor, folder: str | Path) -> dict[str, tuple]:
