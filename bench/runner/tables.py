@@ -34,7 +34,7 @@ MAX_DIGITS = 6   # float32 images: PSNR/SSIM beyond 6 decimals is noise
 DISPLAY_NAMES = {"fp": "FP", "bicubic": "Bicubic", "minmax": "MinMax", "percentile": "Percentile",
                  "emmse": "EMMSE", "ptq4sr": "DBDC+Pac", "dobi": "DOBI", "2dquant": "2DQuant",
                  "noisyquant": "NoisyQuant", "condiquant": "CondiQuant", "adaround": "AdaRound", "brecq": "BRECQ",
-                 "qdrop": "QDrop", "ptq4vit": "PTQ4ViT", "repq-vit": "RepQ-ViT"}
+                 "qdrop": "QDrop", "compsrt": "CompSRT", "ptq4vit": "PTQ4ViT", "repq-vit": "RepQ-ViT"}
 # Normalised method names of published tables that mean one of our registry names.
 REFERENCE_ALIASES = {"dbdcpac": "ptq4sr", "ptq4sr": "ptq4sr", "minmax": "minmax", "percentile": "percentile",
                      "dobi": "dobi", "2dquant": "2dquant", "emmse": "emmse", "bicubic": "bicubic",
@@ -207,6 +207,7 @@ class Table:
 # How a matrix variant of a built-in method is named in tables and figures: its distinguishing parameter.
 _PARAM_SUMMARIES = {("2dquant", "iters"): "{} DQC steps", ("ptq4sr", "iters"): "Pac {} iterations",
                     ("percentile", "p"): "p={}", ("dobi", "variant"): "{} variant", ("condiquant", "iters"): "{} DQC steps",
+                    ("compsrt", "iters"): "{} DQC steps",
                     ("repq-vit", "variant"): "{} variant", ("noisyquant", "noise"): "{} noise",
                     **{(m, "iters"): "{} iterations per unit" for m in ("adaround", "brecq", "qdrop")}}
 
