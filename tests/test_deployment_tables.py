@@ -171,3 +171,26 @@ def test_plots_draw_measured_sizes_and_onnxruntime_speedups(run, records, tmp_pa
     names = sorted(p.name for p in plot_run(ok, tmp_path))
     assert "fsrcnn_x2_latency_onnxruntime.png" in names and "fsrcnn_x2_latency_onnxruntime.pdf" in names
     assert (tmp_path / "fsrcnn_x2_latency_onnxruntime.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_openvino_timed_records_show_fp32_bf16_and_int8_columns_and_figure(run, tmp_path):
+    # As `latency: {runtime: openvino}` writes them: the OpenVINO columns replace onnxruntime's, and the figure shows
+    # FP32, BF16 and int8 with the speed-up over both.
+    from bench.runner.plots import plot_run
+    records = copy.deepcopy(read_records(run / "records.jsonl"))
+    for r in records:
+        if r.pop("latency_ort_int8_ms", None) is not None:
+            r.update(latency_ov_fp32_ms=120.0, latency_ov_bf16_ms=60.0, latency_ov_int8_ms=40.0, latency_ov_speedup=3.0,
+                     latency_ov_bf16_speedup=1.5, latency_ov_bf16_executed="bf16", latency_ov_threads=1,
+                     latency_ov_runs=5, latency_ov_lr_size=128)
+        for field in ("latency_ort_fp32_ms", "latency_ort_speedup"):
+            r.pop(field, None)
+    (table,) = _md_tables(render(build_tables(records), "md"))[1:2]
+    assert table[0][2:] == ["size KB (cost model)", "size KB (measured, packed)", "speed-up (paper rule)",
+                            "FP32 ms (measured, OpenVINO)", "BF16 ms (measured, OpenVINO)", "int8 ms (measured, OpenVINO)",
+                            "int8 speed-up vs FP32 (OpenVINO)", "int8 speed-up vs BF16 (OpenVINO)"]
+    w8 = next(row for row in table if row[1] == "8")
+    assert w8[5:] == ["120.0", "60.0", "40.0", "3.00", "1.50"]
+    assert "BF16 executed as bf16" in render(build_tables(records), "md")
+    ok = [r for r in records if r["status"] == "ok"]
+    assert "fsrcnn_x2_latency_openvino.png" in [p.name for p in plot_run(ok, tmp_path)]

@@ -365,6 +365,53 @@ def plot_ort_latency(records: list[dict], model: str, scale: int, out_dir: Path,
     return _save(fig, out_dir, f"{model}_x{scale}_latency_onnxruntime")
 
 
+def plot_openvino_latency(records: list[dict], model: str, scale: int, out_dir: Path,
+                          styles: Styles | None = None) -> list[Path]:
+    """OpenVINO: FP32, BF16 and int8 latency of each variant, and int8's speed-up over both (beside the paper rule)."""
+    styles = styles or Styles(records)
+    found: dict[tuple, dict] = {}
+    for r in records:
+        key = (r["label"], r.get("w_bits"), r.get("a_bits"))
+        if _is_quantized(r) and r.get("latency_ov_int8_ms") is not None and key not in found:
+            found[key] = r
+    variants = list(found.values())
+    fig, (ax_ms, ax_x) = plt.subplots(1, 2, figsize=(max(8.0, 2.8 * len(variants) + 3), 4.2))
+    ticks = [f"{textwrap.fill(styles.name(r), 18)}\nW{r['w_bits']}A{r['a_bits']}" for r in variants]
+    xs = list(range(len(variants)))
+    executed = variants[0].get("latency_ov_bf16_executed") or "bf16"
+    bf16_label = "BF16 hint (measured)" + ("" if executed == "bf16" else f", ran as {executed}")
+    series = [("latency_ov_fp32_ms", -0.27, dict(color="lightgrey", hatch="//", edgecolor="dimgrey"), "FP32 (measured)"),
+              ("latency_ov_bf16_ms", 0.0, dict(color="white", hatch="..", edgecolor="dimgrey"), bf16_label),
+              ("latency_ov_int8_ms", 0.27, dict(color=[styles.of(r["label"]).colour for r in variants]),
+               "int8 QDQ export (measured)")]
+    for field, shift, style, label in series:
+        ax_ms.bar_label(ax_ms.bar([x + shift for x in xs], [r[field] for r in variants], width=0.26, label=label,
+                                  **style), fmt="%.0f", fontsize="x-small")
+    ax_ms.set_ylabel("latency (ms)")
+    ax_ms.set_xticks(xs, ticks, fontsize="small")
+    ax_ms.legend(fontsize="x-small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=1, frameon=False)
+    ratios = [("speedup", -0.27, dict(color="white", hatch="xx", edgecolor="dimgrey"), "paper rule (theoretical)"),
+              ("latency_ov_speedup", 0.0, dict(color=[styles.of(r["label"]).colour for r in variants]),
+               "measured vs FP32"),
+              ("latency_ov_bf16_speedup", 0.27, dict(color="lightgrey", edgecolor="dimgrey"), "measured vs BF16")]
+    for field, shift, style, label in ratios:
+        values = [r.get(field) or 0.0 for r in variants]
+        ax_x.bar_label(ax_x.bar([x + shift for x in xs], values, width=0.26, label=label, **style), fmt="%.2fx",
+                       fontsize="x-small")
+    ax_x.axhline(1.0, color="black", linewidth=0.8)
+    ax_x.set_ylabel("int8 speed-up (x)")
+    ax_x.set_xticks(xs, ticks, fontsize="small")
+    ax_x.legend(fontsize="x-small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=1, frameon=False)
+    for ax in (ax_ms, ax_x):
+        ax.grid(axis="y", alpha=0.3)
+    first = variants[0]
+    size, runs, threads = (first.get(f) for f in ("latency_ov_lr_size", "latency_ov_runs", "latency_ov_threads"))
+    fig.suptitle(f"{model} x{scale}: measured OpenVINO CPU latency, LR {size}x{size}, median of {runs} interleaved "
+                 f"runs, {threads} thread(s)", fontsize="medium", y=1.02)
+    fig.tight_layout()
+    return _save(fig, out_dir, f"{model}_x{scale}_latency_openvino")
+
+
 # ------------------------------------------------------------------------------------------ a run
 
 def plot_run(records: list[dict], out_dir: str | Path, notes: list[str] | None = None) -> list[Path]:
@@ -392,4 +439,6 @@ def plot_run(records: list[dict], out_dir: str | Path, notes: list[str] | None =
             notes.append(f"{model} x{scale}: no latency figure: nothing was timed (latency runs: 0)")
         if any(_is_quantized(r) and r.get("latency_ort_int8_ms") is not None for r in mine):
             paths += plot_ort_latency(mine, model, scale, out_dir, styles)
+        if any(_is_quantized(r) and r.get("latency_ov_int8_ms") is not None for r in mine):
+            paths += plot_openvino_latency(mine, model, scale, out_dir, styles)
     return paths
