@@ -57,6 +57,12 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "Exception from" not in line]
+    return (useful or lines or [""])[-1][:220]
+
+
 def metrics(model, datasets: dict, scale: int) -> dict:
     out = {}
     for name, dataset in datasets.items():
@@ -152,9 +158,14 @@ def run_model(name: str, scale: int, weights, args, folder: Path) -> dict:
             log(f"{name} x{scale} {peer}: failed: {exc}")
             continue
         files[peer] = path
-        entry = {"kind": "peer", "openvino": metrics(OpenVINOSRModel(path, args.threads), datasets, scale)}
-        if path.suffix == ".onnx":
-            entry["onnxruntime"] = metrics(OnnxSRModel(path, args.threads), datasets, scale)
+        entry = {"kind": "peer"}
+        runners = {"openvino": OpenVINOSRModel} | ({"onnxruntime": OnnxSRModel} if path.suffix == ".onnx" else {})
+        for runtime, runner in runners.items():
+            try:
+                entry[runtime] = metrics(runner(path, args.threads), datasets, scale)
+            except Exception as exc:  # a runtime that cannot run a peer's file is a finding, not a crash
+                entry.setdefault("errors", {})[runtime] = f"{type(exc).__name__}: {_first_line(exc)}"
+                log(f"{name} x{scale} {peer} in {runtime}: failed: {_first_line(exc)}")
         row["variants"][peer] = entry
         row["sizes"][peer] = {"onnx": path.stat().st_size if path.suffix == ".onnx" else None,
                               "ir": ir_size(path, folder)}
@@ -176,6 +187,14 @@ def run_model(name: str, scale: int, weights, args, folder: Path) -> dict:
     return row
 
 
+def _runs(model, x) -> bool:
+    try:
+        model.run_numpy(x)
+        return True
+    except Exception:
+        return False
+
+
 def latency(fp_path: Path, files: dict, args, multiple: int) -> dict:
     side = -(-args.lr_size // multiple) * multiple
     x = sample_input(side).numpy()
@@ -183,10 +202,12 @@ def latency(fp_path: Path, files: dict, args, multiple: int) -> dict:
                  "BF16": OpenVINOSRModel(fp_path, args.threads, "bf16")}
     ov_models.update({label: OpenVINOSRModel(path, args.threads) for label, path in files.items()})
     executed = executed_precision(ov_models["BF16"].compiled(x.shape))
+    ov_models = {label: m for label, m in ov_models.items() if _runs(m, x)}
     ov = interleaved_medians({k: (lambda m=m: m.run_numpy(x)) for k, m in ov_models.items()}, args.runs, args.warmup)
     ort_models = {"FP32": OnnxSRModel(fp_path, args.threads)}
     ort_models.update({label: OnnxSRModel(path, args.threads) for label, path in files.items()
                        if path.suffix == ".onnx"})
+    ort_models = {label: m for label, m in ort_models.items() if _runs(m, x)}
     ort = interleaved_medians({k: (lambda m=m: m.run_numpy(x)) for k, m in ort_models.items()}, args.runs,
                               args.warmup)
     return {"openvino": ov, "onnxruntime": ort, "bf16_executed_as": executed, "lr_size": side,
@@ -247,7 +268,8 @@ def markdown(rows: list[dict], env: dict, args) -> str:
             cells = []
             for d in datasets:
                 for where in ("fake_quant", "openvino", "onnxruntime"):
-                    cells.append(_fmt(v.get(where, {}).get(d, {}).get("psnr")))
+                    failed = where in v.get("errors", {})
+                    cells.append("fails" if failed else _fmt(v.get(where, {}).get(d, {}).get("psnr")))
             size = row["sizes"].get(label, {})
             ir = _fmt(size.get("ir") / 1000 if size.get("ir") else None, 1)
             onnx = _fmt(size.get("onnx") / 1000 if size.get("onnx") else None, 1)
@@ -256,7 +278,11 @@ def markdown(rows: list[dict], env: dict, args) -> str:
                          f" | {ir} | {onnx} | {_fmt(ov_ms, 1)} | {_fmt(ov['FP32'] / ov_ms if ov_ms else None)} | "
                          f"{_fmt(ort_ms, 1)} | {_fmt(ort['FP32'] / ort_ms if ort_ms else None)} |")
         lines.append("")
-        ssim = [f"{label}: " + ", ".join(f"{d} {v[w][d]['ssim']:.4f} ({w})" for d in datasets
+        for label, v in row["variants"].items():
+            for runtime, error in v.get("errors", {}).items():
+                lines.append(f"* {label} does not run in {runtime}: `{error}`")
+        lines.append("")
+        ssim = [f"{label}: " + ", ".join(f"{d} {v[w][d]['ssim']:.4f} ({w.replace('_', ' ')})" for d in datasets
                                          for w in ("fake_quant", "openvino") if w in v)
                 for label, v in row["variants"].items() if "error" not in v]
         lines += ["SSIM: " + "; ".join(ssim) + ".", ""]
