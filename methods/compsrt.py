@@ -39,6 +39,12 @@ Paper / official code / this project:
     forward (so the mask can change from one forward to the next); this project takes the exact quantile once and
     stores the mask. In both the pruned zeros are then quantized like every other entry (to the grid level
     nearest 0, which is 0 only when the grid contains it).
+  * Offset units. Official: alpha and beta in the tensor's own units, trained with the bounds' Adam (lr 1e-2), so
+    one update moves the grid of a narrow per-channel conv weight by more than a step. This project's default
+    `offset_units=step` measures them in steps ((u - l)/N (1 + alpha), l + beta (u - l)/N); `absolute` is the
+    released code's. Measured on IMDTN x4 W4A4 Set5 (official weights, 20 DQC steps of batch 4, /tmp script):
+    rotation + DOBI without DQC 26.86 dB (DOBI alone 26.68), DQC without offsets 28.08, with absolute offsets 9.35
+    (the grids collapse), with step offsets: the table rows.
   * Scale and offset. Official: s = (u - l)/N + alpha, Z = l + beta, codes round((clip(x, l, u) - Z)/s) not
     clamped, so a negative alpha or |beta| beyond half a step reaches more than 2^b levels; this project clamps the
     codes to 0..N (an honest b-bit grid that packs as codes with scale s and lower Z). `describe()` records, per
@@ -106,6 +112,7 @@ class CompSRT(PTQMethod):
         keep: float = 1.0          # fraction of the rotated weight kept (1: no pruning; the paper prunes 40 %: 0.6)
         offsets: bool = True       # learn alpha (step) and beta (zero point) with the bounds
         rotate_acts: bool = False  # also quantize every activation in a Hadamard domain (the released code does)
+        offset_units: Literal["step", "absolute"] = "step"   # absolute: the released code's (collapses IMDTN)
         preset: Literal["paper", "code"] = "paper"   # the DOBI + DQC stage, as 2dquant
         batch: int | None = None
         iters: int | None = None   # DQC iterations (None: the preset's)
@@ -167,11 +174,14 @@ class CompSRT(PTQMethod):
                 continue
             if self.params.rotate_acts and not q.is_weight:
                 new = make_quantizer("rotated-scale-offset", q)
+                new.set_units(self.params.offset_units)
                 parent = qmodel.get_submodule(name.rpartition(".")[0]) if "." in name else qmodel
                 new.set_rotation(1 if isinstance(parent, QuantConv2d) else -1)
                 replace_quantizer(qmodel, name, new)
             elif self.params.offsets:
-                replace_quantizer(qmodel, name, make_quantizer("scale-offset", q))
+                new = make_quantizer("scale-offset", q)
+                new.set_units(self.params.offset_units)
+                replace_quantizer(qmodel, name, new)
 
     def train(self, qmodel: nn.Module, ctx: CalibContext) -> TrainResult:
         """2DQuant's DQC on every bound, and on every alpha and beta when `offsets`."""

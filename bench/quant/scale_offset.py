@@ -1,14 +1,17 @@
 """The `scale-offset` quantizer type: the uniform quantizer with a learnable offset on its step and on its zero
 point (CompSRT's "scalar decomposition", methods/compsrt.py), trained with the bounds.
 
-    s = max((u - l) / N + alpha, 1e-12),   Z = l + beta
+    s = max((u - l) / N + alpha, 1e-12),   Z = l + beta                 (units "absolute", the released code)
+    s = max((u - l) / N * (1 + alpha), 1e-12),   Z = l + beta (u - l) / N   (units "step", the default)
     forward(x) = s * clamp(round((clip(x, l, u) - Z) / s), 0, N) + Z          (round: STE; N = 2^b - 1)
 
 computed as the uniform quantizer with bounds (Z, Z + N s) applied to clip(x, l, u), so that training and inference
 take the core's one-node STE and fused kernels (`fake_quantize`; the step it derives from (Z, Z + N s) equals s up to
 float32 rounding, and `dequant_grid` returns that step).
 
-alpha and beta have the bounds' shape (per tensor or per channel) and start at 0, where the type is the uniform
+In "step" units alpha and beta are fractions of the step (u - l) / N, so one Adam update of lr 1e-2 moves a grid
+by 1 % of its step whatever the tensor's range; in "absolute" units (CompSRT's code) by 0.01 in the tensor's own
+units, which is many steps of a narrow weight. alpha and beta have the bounds' shape (per tensor or per channel) and start at 0, where the type is the uniform
 quantizer bit for bit (its fast paths included, as long as alpha and beta need no gradient). The clamp of the
 codes to 0..N keeps it a b-bit quantizer: its grid is Z + k s, k = 0..N, so it packs and dequantizes like the
 uniform one with scale s and lower Z (`dequant_grid`). CompSRT's released code does not clamp the codes (a
@@ -40,6 +43,12 @@ class ScaleOffsetQuantizer(FakeQuantizer):
         shape = self.lower.shape
         self.alpha = nn.Parameter(torch.zeros(shape), requires_grad=False)
         self.beta = nn.Parameter(torch.zeros(shape), requires_grad=False)
+        self.units = "step"
+
+    def set_units(self, units: str) -> None:
+        if units not in ("step", "absolute"):
+            raise ValueError(f"offset units {units!r}: use 'step' or 'absolute'")
+        self.units = units
 
     def offset_parameters(self) -> list[nn.Parameter]:
         return [self.alpha, self.beta]
@@ -50,8 +59,11 @@ class ScaleOffsetQuantizer(FakeQuantizer):
 
     def _grid_bounds(self, lower, upper, alpha, beta) -> tuple[torch.Tensor, torch.Tensor]:
         """(Z, Z + N s): the uniform grid the codes live on."""
-        step = torch.clamp((upper - lower) / self.levels + alpha, min=_MIN_STEP)
-        zero = lower + beta
+        base = (upper - lower) / self.levels
+        if self.units == "step":
+            step, zero = torch.clamp(base * (1 + alpha), min=_MIN_STEP), lower + beta * base
+        else:
+            step, zero = torch.clamp(base + alpha, min=_MIN_STEP), lower + beta
         return zero, zero + step * self.levels
 
     def dequant_grid(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,10 +96,13 @@ class ScaleOffsetQuantizer(FakeQuantizer):
         return torch.round((clipped - b(zero)) / b(step))
 
     def quant_state(self) -> dict[str, torch.Tensor]:
-        return {"alpha": self.alpha.detach().cpu().clone(), "beta": self.beta.detach().cpu().clone()}
+        return {"alpha": self.alpha.detach().cpu().clone(), "beta": self.beta.detach().cpu().clone(),
+                "step_units": torch.tensor(self.units == "step")}
 
     @torch.no_grad()
     def load_quant_state(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        self.set_units("step" if bool(state.pop("step_units", torch.tensor(True))) else "absolute")
         if set(state) != {"alpha", "beta"}:
             raise ValueError(f"a scale-offset quantizer's state is alpha and beta, got {sorted(state)}")
         for name in ("alpha", "beta"):

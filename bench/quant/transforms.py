@@ -141,7 +141,7 @@ class HadamardTransform(WeightTransform):
         if pad:
             widths = [0, 0] * (w.dim() - 1 - dim) + [0, pad]  # F.pad lists the last dimension first
             w = nn.functional.pad(w, widths)
-        rotated = self._rotate(w)
+        rotated = self._rotate(w).contiguous()  # a conv weight comes back strided: quantizer kernels compile per layout
         if self.mask is not None:
             rotated = rotated * self.mask.to(rotated.device)
         return rotated
