@@ -117,6 +117,7 @@ def test_scale_offset_is_uniform_at_zero_and_its_formula_otherwise():
     so.alpha.requires_grad_(True)  # the training path (alpha, beta learnable): the same values at 0, up to the
     assert torch.allclose(so(x).detach(), plain(x).detach(), atol=1e-6)  # float32 rounding of u = l + N s
     so.alpha.requires_grad_(False)
+    so.set_units("absolute")  # the released code's units: alpha and beta in the tensor's own units
     with torch.no_grad():
         so.alpha.fill_(0.1)   # s = 2/3 + 0.1 = 0.7667
         so.beta.fill_(-0.5)   # Z = -1.5
@@ -130,6 +131,12 @@ def test_scale_offset_is_uniform_at_zero_and_its_formula_otherwise():
         so.beta.fill_(-1.0)   # Z = -2: 1 -> round(3/0.7667 = 3.91) = 4 -> 3
     assert torch.allclose(so(torch.tensor([1.0])), torch.tensor([-2.0 + 3 * s]), atol=1e-6)
     assert float(so.codes(torch.tensor([1.0]))) == 3.0
+    so.set_units("step")  # the default: fractions of the step 2/3, so s = 2/3 * 1.1, Z = -1 - 2/3
+    with torch.no_grad():
+        so.beta.fill_(-1.0)
+    s, z = 2 / 3 * 1.1, -1 - 2 / 3
+    assert torch.allclose(so(torch.tensor([-1.0, 1.0])), torch.tensor([z + s, z + 3 * s]), atol=1e-6)
+    assert float(so.quant_state()["step_units"]) == 1.0
 
 
 def test_magnitude_mask_keeps_the_largest_fraction():
