@@ -30,7 +30,7 @@ def test_the_demo_needs_nothing_outside_the_clone():
     demo = load_matrix("demo")
     assert demo.calibration.train_dir == "sample-train"
     assert [d.name for d in demo.datasets] == ["sample"]
-    assert [m.name for m in demo.models] == ["fsrcnn", "swinir-light"]
+    assert [m.name for m in demo.models] == ["rlfn-s"]
     assert all((REPO / "models" / "weights" / f"{m.name}_x{s}.safetensors").is_file()
                for m in demo.models for s in m.scales)
 

@@ -167,13 +167,15 @@ def test_a_significant_test_decides_a_psnr_lead_within_the_margin(tmp_path):
     assert {c.label: c for c in compare_to_best(records)}["2dquant"].p_text() == "best"
 
 
-def test_the_committed_demo_run_ties_on_swinir_light_and_bolds_2dquant_on_fsrcnn():
+def test_the_committed_demo_run_ties_at_w8a8_and_bolds_2dquant_at_w4a4():
     records = read_records(Path(__file__).resolve().parents[1] / "results" / "reference" / "demo-run" / "records.jsonl")
-    fsrcnn, swinir = render(build_tables(records, deployment=False), "md").split("### swinir-light x2")
-    assert "| 2DQuant (50 DQC steps)       | 4      | **24.89**     | **0.5822**    |" in fsrcnn  # 2.57 dB over DOBI
-    assert fsrcnn.count("**") == 4 and "Tie:" not in fsrcnn
-    # Every method prints 32.61 dB; 2DQuant's SSIM 0.9311 is one printed step over 0.9310: no bold, a tie.
-    assert "**" not in swinir and "Tie: 4-bit sample PSNR (lead 0.00 dB); 4-bit sample SSIM (lead 0.0001)." in swinir
-    tests = {(c.model, c.label): c for c in compare_to_best(records)}
-    assert tests[("swinir-light", "2dquant-tiny")].p_text() == "tie"
-    assert tests[("fsrcnn", "2dquant-tiny")].p_text() == "best"
+    table = render(build_tables(records, deployment=False), "md")
+    # W8A8: every method within 0.07 dB of FP and of each other: no bold, a tie. W4A4: 2DQuant leads EMMSE by
+    # 0.09 dB PSNR (bold) and ties it on SSIM (0.9181 both).
+    assert "| 2DQuant (50 DQC steps)       | 8      | 33.39         | 0.9375        |" in table
+    assert "| 2DQuant (50 DQC steps)       | 4      | **32.71**     | 0.9181        |" in table
+    assert table.count("**") == 2
+    assert "Tie: 8-bit sample PSNR (lead 0.00 dB); 8-bit sample SSIM (lead 0.0000); 4-bit sample SSIM (lead 0.0000)." in table
+    tests = {(c.bits, c.label): c for c in compare_to_best(records)}
+    assert tests[("8", "minmax")].p_text() == "tie"
+    assert tests[("4", "2dquant-tiny")].p_text() == "best"
