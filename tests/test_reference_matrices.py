@@ -7,8 +7,9 @@
 * the run folder is a complete run of its matrix: one ok record per cell, with the fingerprint `bench run`
   gives that cell (so `bench run` into it computes nothing);
 * one cheap cell of each matrix, run again with `bench run --only ...`, gives its committed PSNR to 0.01 dB
-  (IMDN x2 MinMax W4A4 on Set5, IMDTN x4 MinMax W4A4 on Set5: about 35 s each on one thread; they need the
-  shared folder and skip without it). SwinIR-light x2: the FP cell of one table (the note at TABLES says why).
+  (IMDN x2 MinMax W4A4 on Set5, IMDTN x4 MinMax W4A4 on Set5: about 35 s each on one thread; the mixed-precision
+  table's uniform IMDN x4 DOBI W3A3 on Set5, its cheapest; they need the shared folder and skip without it).
+  SwinIR-light x2: the FP cell of one table (the note at TABLES says why).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ REFERENCE = REPO / "results" / "reference"
 # table -> (matrix, the cheap cell a test runs again or None, the `bench table` flags of its command)
 TABLES = {"imdn-w4a4": ("reference/imdn-w4a4", "imdn/x2/minmax/W4A4/Set5", ""),
           "imdtn-w4a4": ("reference/imdtn-w4a4", "imdtn/x4/minmax/W4A4/Set5", ""),
+          "mixed-precision": ("reference/mixed-precision", "imdn/x4/dobi/W3A3/Set5", ""),
           "swinir-light-vit-ptq": ("reference/swinir-light-vit-ptq", "swinir-light/x2/fp/FP/Set5", "--digits psnr=3"),
           "swinir-light-w4a4-noisy-condi": ("reference/swinir-light-w4a4-noisy-condi", None, "--digits psnr=3"),
           "swinir-light-w2a2-noisy-condi": ("reference/swinir-light-w2a2-noisy-condi", None, "--digits psnr=3")}
