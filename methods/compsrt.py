@@ -52,7 +52,10 @@ Paper / official code / this project:
   * DQC. Official: Adam (0.9, 0.99), lr 1e-2 on bounds, alpha and beta, 4000 iterations of batch 16, the released
     2DQuant loss, best Set5 checkpoint; this project runs 2DQuant's `preset` (paper by default, `code` available)
     and never selects on a test set.
-  * measured: docs/methods.md and the preambles of results/reference/imdtn-w4a4.md and the SwinIR-light tables.
+  * measured (results/reference/imdtn-w4a4.md, IMDTN x4 official weights, 100 DQC steps of batch 4 like the 2dquant
+    row): W4A4 Set5 29.85 dB (2DQuant 29.14, CondiQuant 29.04), W2A2 Set5 28.90 (2DQuant 28.75, CondiQuant 28.88).
+    SwinIR-light x2 (shipped weights, 40 DQC steps) with the offsets in absolute units only, before `step` became the
+    default: W4A4 35.111 (2DQuant 35.150), W2A2 35.096 (2DQuant 35.105); not in the tables until measured again.
 """
 from __future__ import annotations
 
