@@ -12,13 +12,14 @@ engineer with a size budget can pick from. Sizes are the cost model's (`model_si
 records hold it, the measured packed file's (`packed_size_bytes`, bench export --format packed), each its own
 panel row: a point is never compared with a point measured the other way.
 
-This module draws with matplotlib only inside `trade_off_figure`: the HTML report imports the rest without it.
+This module holds no drawing: `bench.runner.plots.trade_off_figure` draws the figure from it, and the HTML report
+imports it without matplotlib.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.runner.style import Styles, is_quantized
+from bench.runner.style import is_quantized
 
 # (record field, what it measures), in panel-row order.
 SIZE_KINDS = (("model_size_bytes", "cost model"), ("packed_size_bytes", "measured, packed"))
@@ -102,65 +103,5 @@ def mixed_gains(records: list[dict]) -> list[tuple[str, str, str, float]]:
     return gains
 
 
-# ------------------------------------------------------------------------------------------ the figure
-
-def trade_off_figure(records: list[dict], model: str, scale: int, styles: Styles | None = None):
-    """PSNR vs size, one panel per (size measure, dataset): filled markers uniform bits, hollow markers mixed
-    precision, a solid line through each method's frontier, FP as a dashed line (its size is far to the right:
-    drawn as a level, not a point). The legend sits right of the panels (bench.runner.plots' rule)."""
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
-
-    from bench.runner import plots
-
-    styles = styles or Styles(records)
-    datasets = plots._datasets(records)
-    kinds = size_kinds(records)
-    fig = plots._figure(3.9 * len(datasets) + 2.6, 3.5 * len(kinds) + 0.4)
-    grid = fig.subplots(len(kinds), len(datasets), squeeze=False)
-    for row, (size_field, kind) in enumerate(kinds):
-        for ax, dataset in zip(grid[row], datasets):
-            mine = [r for r in records if plots._ds(r) == dataset and r.get("psnr") is not None]
-            series = trade_off_points(mine, size_field)
-            for label, points in series.items():
-                mpl = styles.mpl(label)
-                front = pareto_front(points)
-                if len(front) > 1:
-                    ax.plot([p.size_bytes / 1e3 for p in front], [p.psnr for p in front], color=mpl["color"],
-                            linewidth=1.4, zorder=2)
-                for mixed in (False, True):
-                    chosen = [p for p in points if p.mixed is mixed]
-                    if chosen:
-                        ax.plot([p.size_bytes / 1e3 for p in chosen], [p.psnr for p in chosen], linestyle="",
-                                markersize=8, markerfacecolor="white" if mixed else mpl["color"],
-                                markeredgewidth=MIXED_EDGE if mixed else 1.0, zorder=3, **mpl)
-            refs = plots._references(ax, [r for r in mine if r["method"] == "fp"], styles)
-            quantized = [p.psnr for points in series.values() for p in points]
-            plots._honest_psnr_axis(ax, refs + quantized, quantized)
-            ax.set_title(plots._title(dataset, records) if len(kinds) == 1 else
-                         f"{plots._title(dataset, records)}\n({kind} size)")
-            ax.xaxis.set_major_locator(MaxNLocator(5))  # sizes differ by a few KB: few, round ticks
-            low, high = ax.get_xlim()  # only the ticks in view: an unseen label would still count in a layout check
-            ax.set_xticks([t for t in ax.get_xticks() if low <= t <= high])
-            ax.set_xlim(low, high)
-            ax.set_xlabel(f"model size (KB, {kind})")
-            ax.set_ylabel("PSNR (dB, Y)")
-            ax.grid(alpha=0.3)
-    shown = list(dict.fromkeys(r["label"] for r in records if is_quantized(r) and r.get("psnr") is not None))
-    first = {r["label"]: r for r in reversed(records)}
-    handles = [Line2D([], [], linestyle="", markersize=8, label=styles.name(first[label]), **styles.mpl(label))
-               for label in shown]
-    fp = next((r for r in records if r["method"] == "fp" and r.get("psnr") is not None), None)
-    if fp is not None:
-        handles.insert(0, Line2D([], [], linestyle="--", color=styles.of(fp["label"]).colour, label="FP"))
-    handles += [Line2D([], [], linestyle="", marker="o", color="dimgrey", label="filled: uniform bits"),
-                Line2D([], [], linestyle="", marker="o", color="dimgrey", markerfacecolor="white",
-                       markeredgewidth=MIXED_EDGE, label="hollow: mixed precision"),
-                Line2D([], [], color="dimgrey", label="line: the method's Pareto frontier")]
-    fig.legend(handles=handles, loc="outside right center", fontsize="small")
-    fig.suptitle(f"{model} x{scale}: PSNR vs model size, uniform and mixed precision")
-    return fig
-
-
 __all__ = ["SIZE_KINDS", "TradeOffPoint", "bits_text", "has_mixed", "is_mixed", "mixed_gains", "mixed_tag",
-           "pareto_front", "size_kinds", "trade_off_figure", "trade_off_points", "uniform_only"]
+           "pareto_front", "size_kinds", "trade_off_points", "uniform_only"]
