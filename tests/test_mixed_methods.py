@@ -31,6 +31,7 @@ RANGE_RULES = ("minmax", "percentile", "emmse", "dobi")
 FAST = {
     "2dquant": {"iters": 1, "batch": 1, "patch": 8, "K": 10},
     "condiquant": {"pgd_iters": 2, "iters": 1, "batch": 1, "patch": 8, "K": 10},
+    "compsrt": {"iters": 1, "batch": 1, "patch": 8, "K": 10},
     "adaround": {"iters": 1, "batch": 1},
     "brecq": {"iters": 1, "batch": 1},
     "qdrop": {"iters": 1, "batch": 1},
