@@ -122,3 +122,24 @@ def test_a_matrix_mixed_cell_records_its_per_layer_bits_within_the_uniform_budge
     assert main(["table", "--run", str(tmp_path / "run"), "--no-deployment"]) == 0
     rows = [line.split("|")[1:3] for line in capsys.readouterr().out.splitlines() if line.startswith("| EMMSE")]
     assert [bits.strip() for _, bits in rows] == ["4", "mixed4-r1-c2.8"]  # the mixed cell right after its budget's
+
+
+def test_the_committed_demo_mixed_cell_fits_uniform_w4a4_and_beats_uniform_dobi():
+    """The demo's mixed DOBI cell (matrices/demo.yaml, issue 25), as committed in results/reference/demo-run:
+    within the cost-model size and BOPs of uniform W4A4, packed to exactly its cost-model size plus the header,
+    and 0.24 dB over uniform DOBI on the sample photos."""
+    from pathlib import Path
+
+    from bench.runner.records import read_records
+    run = Path(__file__).resolve().parents[1] / "results" / "reference" / "demo-run" / "records.jsonl"
+    records = {r["key"]: r for r in read_records(run)}
+    uniform = records['rlfn-s/x2/dobi{"variant":"paper"}/W4A4/sample']
+    mixed = records['rlfn-s/x2/dobi{"variant":"paper"}/mixed4/sample']
+    chosen = mixed["method_description"]["mixed"]
+    assert chosen["budget"] == {"size_bytes": uniform["model_size_bytes"], "bops": chosen["budget"]["bops"],
+                                "label": "w4a4"}
+    assert mixed["model_size_bytes"] == chosen["size_bytes"] == 87880 <= uniform["model_size_bytes"] == 90024
+    assert chosen["bops"] <= chosen["budget"]["bops"]
+    assert mixed["packed_size_bytes"] - mixed["packed_header_bytes"] == mixed["model_size_bytes"]
+    assert set(map(tuple, chosen["layer_bits"].values())) <= {(2, 2), (3, 3), (4, 4), (6, 6), (8, 8)}
+    assert round(mixed["psnr"], 2) == 32.67 and round(uniform["psnr"], 2) == 32.43

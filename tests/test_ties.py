@@ -179,3 +179,6 @@ def test_the_committed_demo_run_ties_at_w8a8_and_bolds_2dquant_at_w4a4():
     tests = {(c.bits, c.label): c for c in compare_to_best(records)}
     assert tests[("8", "minmax")].p_text() == "tie"
     assert tests[("4", "2dquant-tiny")].p_text() == "best"
+    # The mixed DOBI cell (budget W4A4, 0.04 dB under 2DQuant) is its own group: inside the uniform 4-bit group
+    # it turned 2DQuant's "best" into a tie.
+    assert tests[("mixed4", "dobi")].is_best and tests[("4", "dobi")].label == "dobi"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.runner.pareto import mixed_tag
 from bench.runner.winners import PSNR_MARGIN, decide
 
 ALPHA = 0.05
@@ -85,6 +86,11 @@ class Comparison:
 
 
 def bits_text(record: dict) -> str:
+    """The record's bit group as the tables print it: "4", "W4A8", or a mixed cell's own tag ("mixed4"), since
+    a mixed record's w/a bits are its budget's and must not join the uniform cells of that budget."""
+    tag = mixed_tag(record)
+    if tag is not None:
+        return tag
     w, a = record.get("w_bits"), record.get("a_bits")
     return str(w) if w == a else f"W{w}A{a}"
 
