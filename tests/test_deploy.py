@@ -244,3 +244,85 @@ def test_learned_rounding_keeps_the_symmetric_grid_and_exports_its_codes(model, 
     session = ort.InferenceSession(str(tmp_path / "adaround.onnx"), options, providers=["CPUExecutionProvider"])
     x = batch[:1]
     assert _max_step_difference(session.run(None, {"lr": x.numpy()})[0], qmodel, x) <= ONE_STEP
+
+
+# ------------------------------------------------------------------ one grid per tensor, and int32 biases that fit
+
+def test_an_input_that_reads_a_quantized_output_shares_its_grid(model, batch, tmp_path):
+    # head's output feeds body1 and branch directly, fuse's output feeds tail: one grid per tensor, as onnxruntime
+    # and NNCF place it, so those three input quantizers are off. body2 reads LeakyReLU's new tensor and fuse the
+    # concat's: they keep their own quantizers.
+    import onnx
+
+    from bench.export.onnx_qdq import export_onnx
+    from bench.quant.surgery import set_quant_enabled
+    qmodel = deploy(model, batch)
+    assert qmodel.shared_input_quantizers == {"body1.input_quant": "head.output_quant",
+                                              "branch.input_quant": "head.output_quant",
+                                              "tail.input_quant": "fuse.output_quant"}
+    set_quant_enabled(qmodel, False)
+    set_quant_enabled(qmodel, True)          # back on: the shared ones stay off
+    assert [n for n, q in quantizers(qmodel) if not q.enabled] == ["body1.input_quant", "branch.input_quant",
+                                                                  "tail.input_quant"]
+    export_onnx(qmodel, tmp_path / "shared.onnx", sample_size=16)
+    graph = onnx.load(str(tmp_path / "shared.onnx")).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    double = [n.name for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in producer
+              and producer[n.input[0]].op_type == "DequantizeLinear"]
+    assert double == []                     # no Q -> DQ -> Q -> DQ for a runtime to merge
+
+
+class InPlaceAfterHead(nn.Module):
+    """An in-place ReLU between two convs: the second conv's input is a new value in the same storage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.body = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.act(self.head(x)))
+
+
+def test_an_input_after_an_in_place_op_keeps_its_own_grid(batch):
+    torch.manual_seed(0)
+    qmodel = quantize_model(InPlaceAfterHead().eval(), QuantConfig(8, 8, scope="deploy"))
+    assert qmodel.shared_input_quantizers == {}
+
+
+class DeadBranch(nn.Module):
+    """head's ReLU is 0 everywhere on the calibration batch (bias -10), and body has a bias of 0.5: the
+    contrast-attention case of IMDN x2 (bench/quant/integer_grid.py's docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 4, 1)
+        self.act = nn.ReLU()
+        self.body = nn.Conv2d(4, 4, 1)
+        with torch.no_grad():
+            self.head.bias.fill_(-10.0)
+            self.body.bias.fill_(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.act(self.head(x)))
+
+
+def test_a_constant_tensor_gets_a_step_whose_int32_bias_fits(batch, tmp_path):
+    # Without the floor the zero tensor's step was 3.9e-9 and 0.5 / (s_in * s_w) overflowed onnxruntime's int32
+    # bias: its output was 0.0 where the fake quant gives 0.5 (and IMDN x2 MinMax W7A8 lost 0.84 dB on Set5).
+    from bench.export.onnx_qdq import export_onnx
+    from bench.export.ort_model import OnnxSRModel
+    from bench.quant.integer_grid import MIN_ACT_STEP
+    torch.manual_seed(0)
+    qmodel = deploy(DeadBranch().eval(), batch, w_bits=7)
+    step = float(qmodel.body.input_quant.integer_params().scale)
+    assert step == MIN_ACT_STEP
+    export_onnx(qmodel, tmp_path / "dead.onnx", sample_size=16)
+    x = batch[:1]
+    with torch.no_grad():
+        reference = qmodel(x).numpy()
+    out_step = float(qmodel.body.output_quant.integer_params().scale)
+    assert np.allclose(reference, 0.5, atol=out_step)
+    runtime = OnnxSRModel(tmp_path / "dead.onnx", 1).run_numpy(x.numpy())
+    assert float(np.abs(runtime - reference).max()) <= ONE_STEP * out_step

@@ -17,6 +17,7 @@ from bench.errors import ConfigError
 from bench.quant.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear, QuantMatMul, SplitQuantLinear
 from bench.quant.quantizer import MAX_BITS, MIN_BITS, FakeQuantizer
 from bench.quant.scopes import AUTO, FP, LayerRule, Scope, resolve_scope
+from bench.quant.shared_grids import is_shared, share_requantized_inputs
 
 LayerBits = tuple[tuple[str, int, int], ...]
 
@@ -165,6 +166,7 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
                           f"{type(model).__name__}; use paths from bench.quant.quantized_layers(model, scope)")
     for p in qmodel.parameters():
         p.requires_grad_(False)
+    outputs: dict[str, FakeQuantizer] = {}
     for path, module, rule in targets:
         w_bits, a_bits = config.w_bits, config.a_bits
         if path in edges:
@@ -176,8 +178,12 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
             attach_output_quantizer(wrapper, a_bits)
         _set_quantizer_types(wrapper, scope)
         _set_submodule(qmodel, path, wrapper)
+        if scope.quantize_outputs and hasattr(wrapper, "output_quant"):
+            outputs[f"{path}.output_quant"] = wrapper.output_quant
     qmodel.quant_config = config
     qmodel.quant_scope = scope.name
+    # One grid per tensor, as integer runtimes keep it (bench.quant.shared_grids)
+    qmodel.shared_input_quantizers = share_requantized_inputs(qmodel, outputs) if outputs else {}
     return qmodel
 
 
@@ -231,9 +237,10 @@ def bound_parameters(qmodel: nn.Module) -> list[nn.Parameter]:
 
 
 def set_quant_enabled(qmodel: nn.Module, enabled: bool) -> None:
-    """Turn every quantizer on (fake-quant) or off (identity: the FP model)."""
+    """Turn every quantizer on (fake-quant) or off (identity: the FP model). An input quantizer that shares
+    its tensor's grid with an output quantizer (bench.quant.shared_grids) stays off: its tensor is quantized."""
     for _, q in quantizers(qmodel):
-        q.enabled = bool(enabled)
+        q.enabled = bool(enabled) and not is_shared(q)
 
 
 @torch.no_grad()
