@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.runner.pareto import mixed_tag
+from bench.runner.records import mixed_tag
 from bench.runner.winners import PSNR_MARGIN, decide
 
 ALPHA = 0.05

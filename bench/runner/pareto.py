@@ -19,19 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench.runner.records import mixed_tag
 from bench.runner.style import is_quantized
 
 # (record field, what it measures), in panel-row order.
 SIZE_KINDS = (("model_size_bytes", "cost model"), ("packed_size_bytes", "measured, packed"))
 MIXED_EDGE = 1.6   # marker edge width of a hollow (mixed) point: it stays visible over a frontier line
-
-
-def mixed_tag(record: dict) -> str | None:
-    """The mixed-precision tag of a record ("mixed4-r1"), None for uniform bits or a baseline."""
-    mixed = (record.get("method_description") or {}).get("mixed")
-    if not mixed:
-        return None
-    return mixed.get("tag") or f"mixed{record.get('w_bits')}"
 
 
 def is_mixed(record: dict) -> bool:

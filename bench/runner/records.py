@@ -196,3 +196,11 @@ def latest_by_key(records: Iterable[dict]) -> dict[str, dict]:
     for record in records:
         latest[record["key"]] = record
     return latest
+
+
+def mixed_tag(record: dict) -> str | None:
+    """The mixed-precision tag of a record ("mixed4-r1"), None for uniform bits or a baseline."""
+    mixed = (record.get("method_description") or {}).get("mixed")
+    if not mixed:
+        return None
+    return mixed.get("tag") or f"mixed{record.get('w_bits')}"
