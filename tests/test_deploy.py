@@ -326,3 +326,26 @@ def test_a_constant_tensor_gets_a_step_whose_int32_bias_fits(batch, tmp_path):
     assert np.allclose(reference, 0.5, atol=out_step)
     runtime = OnnxSRModel(tmp_path / "dead.onnx", 1).run_numpy(x.numpy())
     assert float(np.abs(runtime - reference).max()) <= ONE_STEP * out_step
+
+
+class InPlaceActivation(nn.Module):
+    """IMDN's pattern: a conv whose (deploy-scope quantized) output an in-place LeakyReLU overwrites."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.LeakyReLU(0.05, inplace=True)
+        self.tail = nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.act(self.head(x)))
+
+
+def test_bound_fine_tuning_runs_through_an_in_place_activation(batch):
+    # PTQ4SR's Pac trains the bounds with autograd: the output quantizer's result must be modifiable in place
+    # (it raised "Output 0 of _FakeQuantizeSTE is a view and is being modified inplace" on IMDN).
+    torch.manual_seed(0)
+    fp = InPlaceActivation().eval()
+    qmodel, _ = quantize_with_method(fp, create_method("ptq4sr", iters=2, batch=2, patch=8), 7, 8,
+                                     CalibContext(fp_model=fp, calib_batch=batch), scope="deploy")
+    assert all(q.calibrated for n, q in quantizers(qmodel) if q.enabled)

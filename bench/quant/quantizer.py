@@ -307,7 +307,7 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, lower: torch.Tensor, _lower_shift: torch.Tensor, _lower_clip: torch.Tensor,
                 upper: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, lower, upper, step)
-        return _inference_values(x, lower.detach(), upper.detach(), step.detach())
+        return _not_a_view(_inference_values(x, lower.detach(), upper.detach(), step.detach()))
 
     @staticmethod
     @once_differentiable
@@ -376,6 +376,16 @@ def fake_quantize_inference(x: torch.Tensor, lower: torch.Tensor, upper: torch.T
     """
     n = levels(bits)
     return _inference_values(x, lower, upper, torch.clamp((upper - lower) / n, min=_MIN_STEP))
+
+
+def _not_a_view(t: torch.Tensor) -> torch.Tensor:
+    """`t`'s memory as a tensor that is not a view. A custom Function's output that is a view of a tensor made
+    inside it may not be modified in place, and the deploy scope quantizes conv outputs that IMDN's in-place
+    LeakyReLU then overwrites (PTQ4SR's Pac in the deploy scope failed on it). No copy: same storage and strides."""
+    if not t._is_view():
+        return t
+    out = torch.empty((0,), dtype=t.dtype, device=t.device)
+    return out.set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
 
 
 def _inference_values(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
