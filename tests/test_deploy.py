@@ -122,6 +122,21 @@ def test_range_methods_calibrate_every_deploy_quantizer(model, batch, method):
     assert error < 0.05
 
 
+def test_minmax_output_ranges_are_each_conv_outputs_min_and_max(model, batch):
+    # MinMax observes the FP model: each output quantizer's (l, u) is its conv's FP output range on the batch.
+    qmodel = deploy(model, batch, "minmax")
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: outputs.__setitem__(name, o))
+             for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(batch)
+    for h in hooks:
+        h.remove()
+    for name, out in outputs.items():
+        q = dict(quantizers(qmodel))[f"{name}.output_quant"]
+        assert (float(q.lower.detach()), float(q.upper.detach())) == (float(out.min()), float(out.max())), name
+
+
 # ------------------------------------------------------------------------------------------- runtimes
 
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
