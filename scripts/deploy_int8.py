@@ -135,7 +135,8 @@ def run_model(name: str, scale: int, weights, args, folder: Path) -> dict:
             label = f"{method} W{w_bits}A8"
             ctx = CalibContext(fp_model=fp, calib_batch=batch, train_dir=args.train_dir, progress=False)
             start = time.time()
-            qmodel, _ = quantize_with_method(fp, create_method(method), w_bits, 8, ctx, scope="deploy")
+            qmodel, _ = quantize_with_method(fp, create_method(method, **args.params.get(method, {})), w_bits, 8, ctx,
+                                             scope="deploy")
             qmodel.eval()
             seconds = time.time() - start
             path = folder / f"{method}-w{w_bits}.onnx"
@@ -245,8 +246,10 @@ def markdown(rows: list[dict], env: dict, args) -> str:
         name, scale = row["model"], row["scale"]
         datasets = list(row["fp"])
         lat = row["latency"]
-        lines += [f"## {name} x{scale}", "",
-                  f"Weights: {row['weights']}. FP32: " + ", ".join(
+        title = f"## {name} x{scale}" + (f" ({row['title']})" if row.get("title") else "")
+        measured = f"Measured at commit {row['commit']}. " if row.get("commit") else ""
+        lines += [title, "",
+                  measured + f"Weights: {row['weights']}. FP32: " + ", ".join(
                       f"{d} {row['fp'][d]['psnr']:.2f} / {row['fp'][d]['ssim']:.4f}" for d in datasets) + ".", ""]
         header = ["model", "kind"]
         for d in datasets:
@@ -303,7 +306,8 @@ def markdown(rows: list[dict], env: dict, args) -> str:
 def render(json_files: list[Path], out: Path) -> int:
     """Write the markdown of several runs' JSON files (one model per run, so each regenerates on its own)."""
     parts = [json.loads(Path(f).read_text()) for f in json_files]
-    rows = [row for part in parts for row in part["rows"]]
+    rows = [{**row, "commit": part["env"]["commit"], "title": part["env"].get("title")}
+            for part in parts for row in part["rows"]]
     env = dict(parts[0]["env"])
     commits = sorted({part["env"]["commit"] for part in parts})
     env["commit"] = ", ".join(commits)
@@ -329,6 +333,8 @@ def main() -> int:
     p.add_argument("--peers8", default="ort-minmax,nncf", help="peers with their default (8-bit) weights")
     p.add_argument("--peers7", default=",".join(PEERS),
                    help="peers with 7-bit weights (onnxruntime reduce_range, NNCF overflow fix on every layer)")
+    p.add_argument("--params", action="append", default=[], metavar="METHOD=JSON",
+                   help="a method's parameters, e.g. 2dquant='{\"iters\": 100, \"batch\": 4}' (repeatable)")
     p.add_argument("--datasets", default="Set5,Set14")
     p.add_argument("--calib-n", type=int, default=32)
     p.add_argument("--calib-patch", type=int, default=64)
@@ -344,6 +350,7 @@ def main() -> int:
     for key in ("methods", "transformer_methods", "transformers", "peers8", "peers7", "datasets"):
         setattr(args, key, [v for v in getattr(args, key).split(",") if v])
     args.w_bits = [int(v) for v in args.w_bits.split(",")]
+    args.params = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.params)}
     torch.set_num_threads(args.threads)
     import subprocess
 

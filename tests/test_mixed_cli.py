@@ -127,7 +127,7 @@ def test_a_matrix_mixed_cell_records_its_per_layer_bits_within_the_uniform_budge
 def test_the_committed_demo_mixed_cell_fits_uniform_w4a4_and_beats_uniform_dobi():
     """The demo's mixed DOBI cell (matrices/demo.yaml, issue 25), as committed in results/reference/demo-run:
     within the cost-model size and BOPs of uniform W4A4, packed to exactly its cost-model size plus the header,
-    and 0.26 dB over uniform DOBI on the sample photos."""
+    and 0.25 dB over uniform DOBI on the sample photos."""
     from pathlib import Path
 
     from bench.runner.records import read_records
