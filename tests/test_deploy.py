@@ -359,8 +359,21 @@ class InPlaceActivation(nn.Module):
 def test_bound_fine_tuning_runs_through_an_in_place_activation(batch):
     # PTQ4SR's Pac trains the bounds with autograd: the output quantizer's result must be modifiable in place
     # (it raised "Output 0 of _FakeQuantizeSTE is a view and is being modified inplace" on IMDN).
+    import copy
     torch.manual_seed(0)
     fp = InPlaceActivation().eval()
     qmodel, _ = quantize_with_method(fp, create_method("ptq4sr", iters=2, batch=2, patch=8), 7, 8,
                                      CalibContext(fp_model=fp, calib_batch=batch), scope="deploy")
     assert all(q.calibrated for n, q in quantizers(qmodel) if q.enabled)
+    # The same bounds with a LeakyReLU that is not in place give the same values, with and without autograd.
+    plain = copy.deepcopy(qmodel)
+    plain.act = nn.LeakyReLU(0.05)
+    with torch.no_grad():
+        assert torch.equal(qmodel(batch), plain(batch))
+    with torch.enable_grad():
+        x = batch.clone().requires_grad_(True)
+        y = batch.clone().requires_grad_(True)
+        out_inplace, out_plain = qmodel(x), plain(y)
+        out_inplace.sum().backward()
+        out_plain.sum().backward()
+    assert torch.equal(out_inplace.detach(), out_plain.detach()) and torch.equal(x.grad, y.grad)
