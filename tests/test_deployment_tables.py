@@ -30,7 +30,7 @@ latency: {runs: 1, lr_size: 16, runtime: onnxruntime}
 cost: {lr_size: 16}
 """
 HEADERS = ["Method", "Bits", "size KB (cost model)", "size KB (measured, packed)", "speed-up (paper rule)",
-           "FP32 latency ms (measured, onnxruntime cpu)", "int8 latency ms (measured, onnxruntime cpu)",
+           "ONNX KB (measured)", "OpenVINO IR KB (measured)", "FP32 latency ms (measured, onnxruntime cpu)", "int8 latency ms (measured, onnxruntime cpu)",
            "speed-up (measured, onnxruntime cpu)"]
 # FSRCNN x2 (13,876 parameters, 13,528 of them quantized weights; first and last layers stay FP under `auto`):
 # the cost model's sizes in bytes, and the packed files' safetensors headers (names, shapes, layout metadata).
@@ -87,12 +87,14 @@ def test_markdown_table_puts_measured_columns_beside_the_cost_model(run, records
     assert [row[0] for row in table3[1:]] == ["FP", "Bicubic", "MinMax", "MinMax"]  # Table 3 as before
     assert "#### fsrcnn x2: size and latency, cost model beside measured" in text
     w8 = records["W8A8"]
+    onnx_kb = f"{w8['onnx_size_bytes'] / 1000:.1f}"
+    ir_kb = f"{w8['openvino_ir_size_bytes'] / 1000:.1f}" if w8.get("openvino_ir_size_bytes") else "-"
     assert deployment == [
         HEADERS,
-        ["FP", "32", "55.5", "-", "1.00", "-", "-", "-"],                         # bicubic has no figure: no row
-        ["MinMax", "8", "16.4", "21.7", "4.00", f"{w8['latency_ort_fp32_ms']:.1f}", f"{w8['latency_ort_int8_ms']:.1f}",
-         f"{w8['latency_ort_speedup']:.2f}"],
-        ["MinMax", "4", "13.1", "18.4", "5.27", "-", "-", "-"],                  # W4A4: no uint8 activations in ONNX
+        ["FP", "32", "55.5", "-", "1.00", "-", "-", "-", "-", "-"],               # bicubic has no figure: no row
+        ["MinMax", "8", "16.4", "21.7", "4.00", onnx_kb, ir_kb, f"{w8['latency_ort_fp32_ms']:.1f}",
+         f"{w8['latency_ort_int8_ms']:.1f}", f"{w8['latency_ort_speedup']:.2f}"],
+        ["MinMax", "4", "13.1", "18.4", "5.27", "-", "-", "-", "-", "-"],       # W4A4: no uint8 activations in ONNX
     ]
     assert "safetensors header included (5.3 KB of it)" in text
     assert "(median of 1 interleaved runs, LR 16x16, 1 thread(s))" in text
@@ -106,16 +108,16 @@ def test_markdown_table_puts_measured_columns_beside_the_cost_model(run, records
 def test_latex_and_csv_carry_the_same_columns(run, records):
     tables = build_tables(list(read_records(run / "records.jsonl")))
     latex = render(tables, "latex")
-    assert r"\label{tab:fsrcnn-x2-deployment}" in latex and r"\begin{tabular}{llrrrrrr}" in latex
-    assert r"MinMax & 4 & 13.1 & 18.4 & 5.27 & - & - & - \\" in latex
-    assert r"FP & 32 & 55.5 & - & 1.00 & - & - & - \\" in latex
+    assert r"\label{tab:fsrcnn-x2-deployment}" in latex and r"\begin{tabular}{llrrrrrrrr}" in latex
+    assert r"MinMax & 4 & 13.1 & 18.4 & 5.27 & - & - & - & - & - \\" in latex
+    assert r"FP & 32 & 55.5 & - & 1.00 & - & - & - & - & - \\" in latex
     lines = render(tables, "csv").splitlines()
     block = lines[lines.index("") + 1:]                                  # the block after the PSNR/SSIM rows
     assert block[0] == ('model,scale,method,bits,size KB (cost model),"size KB (measured, packed)",speed-up (paper '
-                        'rule),"FP32 latency ms (measured, onnxruntime cpu)","int8 latency ms (measured, onnxruntime '
+                        'rule),ONNX KB (measured),OpenVINO IR KB (measured),"FP32 latency ms (measured, onnxruntime cpu)","int8 latency ms (measured, onnxruntime '
                         'cpu)","speed-up (measured, onnxruntime cpu)"')
-    assert block[1] == "fsrcnn,2,FP,32,55.5,,1.00,,,"                   # empty, as the CSV's missing PSNR: never 0
-    assert block[3] == "fsrcnn,2,MinMax,4,13.1,18.4,5.27,,,"
+    assert block[1] == "fsrcnn,2,FP,32,55.5,,1.00,,,,,"                 # empty, as the CSV's missing PSNR: never 0
+    assert block[3] == "fsrcnn,2,MinMax,4,13.1,18.4,5.27,,,,,"
 
 
 def test_records_without_a_measurement_get_no_deployment_table(run):
@@ -183,7 +185,7 @@ def test_openvino_timed_records_show_fp32_bf16_and_int8_columns_and_figure(run, 
             r.update(latency_ov_fp32_ms=120.0, latency_ov_bf16_ms=60.0, latency_ov_int8_ms=40.0, latency_ov_speedup=3.0,
                      latency_ov_bf16_speedup=1.5, latency_ov_bf16_executed="bf16", latency_ov_threads=1,
                      latency_ov_runs=5, latency_ov_lr_size=128)
-        for field in ("latency_ort_fp32_ms", "latency_ort_speedup"):
+        for field in ("latency_ort_fp32_ms", "latency_ort_speedup", "onnx_size_bytes", "openvino_ir_size_bytes"):
             r.pop(field, None)
     (table,) = _md_tables(render(build_tables(records), "md"))[1:2]
     assert table[0][2:] == ["size KB (cost model)", "size KB (measured, packed)", "speed-up (paper rule)",

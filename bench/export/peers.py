@@ -27,6 +27,8 @@ import torch
 from bench.errors import ConfigError
 
 INPUT_NAME = "lr"
+# (weight bits, activation bits) a peer runs at: its default int8, or its 7-bit-weight variant (reduce_range)
+PEER_BITS = ((8, 8), (7, 8))
 
 
 @dataclass(frozen=True)

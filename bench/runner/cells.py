@@ -32,6 +32,11 @@ class Cell:
         return self.method.name in (FP, BICUBIC)
 
     @property
+    def is_peer(self) -> bool:
+        """A runtime's own PTQ on the FP model (bench.export.peers): calibrated and run outside bench.quant."""
+        return self.method.peer
+
+    @property
     def method_id(self) -> str:
         """Label plus params, unless the matrix gives none (then just the label)."""
         return self.method.label + self.method.params_json
@@ -55,6 +60,8 @@ class Cell:
         The calibration *folder* is not part of it (a command-line path): to calibrate on other images,
         use --force or another --out."""
         settings: dict[str, Any] = {"lpips": matrix.eval.lpips}
+        if matrix.eval.runtimes and not self.is_baseline:  # only when set: older runs keep their fingerprints
+            settings["runtimes"] = list(matrix.eval.runtimes)
         if self.method.name != BICUBIC:
             settings.update(weights=self.model.weights, weights_id=weights_id, scope=self.model.scope,
                             latency=[matrix.latency.runs, matrix.latency.lr_size], cost=matrix.cost.lr_size)
@@ -69,11 +76,17 @@ FP_METHOD = MethodSpec(FP, FP)
 BICUBIC_METHOD = MethodSpec(BICUBIC, BICUBIC)
 
 
+def peer_method(name: str) -> MethodSpec:
+    return MethodSpec(name, name, peer=True)
+
+
 def expand_cells(models: Iterable[tuple[ModelSpec, int]], datasets: Iterable[DatasetSpec],
                  methods: Iterable[MethodSpec], baselines: Iterable[str],
-                 default_bits: tuple[Bits, ...]) -> list[Cell]:
-    """All cells, grouped so that one FP model and one calibration serve consecutive cells."""
-    datasets, methods, baselines = list(datasets), list(methods), list(baselines)
+                 default_bits: tuple[Bits, ...], peers: Iterable[str] = ()) -> list[Cell]:
+    """All cells, grouped so that one FP model and one calibration serve consecutive cells; the peers (the
+    runtimes' own PTQ) after the methods."""
+    datasets, baselines = list(datasets), list(baselines)
+    methods = list(methods) + [peer_method(name) for name in peers]
     cells = []
     for model, scale in models:
         for baseline in baselines:

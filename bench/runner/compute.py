@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import random
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Iterator
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +92,8 @@ class _Calibration:
     description: dict
     cost: object           # bench.cost.CostReport
     latency: list[Timing] | None  # [FP, quantized], timed in turns
-    deployment: dict | None = None  # measured packed size, onnxruntime latency (bench.export.measure)
+    deployment: dict | None = None  # measured sizes and runtime latencies (bench.export.measure): record fields
+    runtime_models: dict[str, nn.Module] = dataclasses.field(default_factory=dict)  # the int8 file per runtime
 
 
 class TaskRunner:
@@ -108,6 +111,8 @@ class TaskRunner:
         self.calib_batches: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._layers: dict[tuple, object] = {}
         self._fp_latency: dict[tuple, Timing | None] = {}
+        self._fp_onnx: dict[tuple, Path] = {}
+        self._scratch: tempfile.TemporaryDirectory | None = None  # FP32 exports shared by the runtime measurements
         self.bounds_memo = BoundsMemo()  # stage-one reuse (2DQuant after DOBI on the same inputs)
         self.on_status: Callable[[str], None] | None = None  # the driver's progress bar, when in its process
 
@@ -166,16 +171,24 @@ class TaskRunner:
             for cell, fingerprint in zip(task.cells, task.fingerprints):
                 yield self._cell(cell, fingerprint, lambda r, c=cell: self._baseline(c, r))
             return
+        # the int8 files the runtimes run live as long as the task's cells are evaluated
+        with tempfile.TemporaryDirectory(prefix="bench-int8-") as folder:
+            yield from self._calibration_task(task, Path(folder))
+
+    def _calibration_task(self, task: Task, folder: Path) -> Iterator[Calibrated | CellDone]:
+        peer = task.cells[0].is_peer
         try:
-            qmodel, calibration, event = self._calibrated(task)
+            calibrate = self._peer_calibrated if peer else self._calibrated
+            qmodel, calibration, event = calibrate(task, folder)
         except Exception as exc:  # noqa: BLE001 - a method's failure fails its cells, not the matrix
             trace = self._traceback(exc)
             for index, (cell, fingerprint) in enumerate(zip(task.cells, task.fingerprints)):
                 yield self._error(cell, fingerprint, exc, trace if index == 0 else None)
             return
         yield event
+        evaluate = self._peer_cell if peer else self._quantized
         for cell, fingerprint in zip(task.cells, task.fingerprints):
-            yield self._cell(cell, fingerprint, lambda r, c=cell: self._quantized(c, qmodel, calibration, r))
+            yield self._cell(cell, fingerprint, lambda r, c=cell: evaluate(c, qmodel, calibration, r))
 
     def _environment(self) -> dict:
         worker = current_worker()
@@ -258,10 +271,40 @@ class TaskRunner:
         for name, value in (calibration.deployment or {}).items():
             setattr(record, name, value)
         record.method_description = calibration.description
+        self._evaluate_in_runtimes(calibration.runtime_models, cell, record)
         return images
 
+    def _peer_cell(self, cell: Cell, model: nn.Module, calibration: _Calibration,
+                   record: CellRecord) -> dict[str, bytes]:
+        """A peer's cell: its PSNR is its own runtime's (there is no fake quant), then the other runtimes'."""
+        images = self._evaluate(model, cell, record)
+        for name, value in (calibration.deployment or {}).items():
+            setattr(record, name, value)
+        own = record.peer_runtime
+        setattr(record, f"psnr_{own}", record.psnr)
+        setattr(record, f"ssim_{own}", record.ssim)
+        record.calib_seconds, record.calib_cached = calibration.seconds, False
+        record.method_description = calibration.description
+        self._evaluate_in_runtimes({r: m for r, m in calibration.runtime_models.items() if r != own}, cell, record)
+        return images
+
+    def _evaluate_in_runtimes(self, models: dict[str, nn.Module], cell: Cell, record: CellRecord) -> None:
+        """`psnr_<runtime>`/`ssim_<runtime>`: the cell's images through each runtime's int8 kernels."""
+        notes = [record.runtime_eval_note] if record.runtime_eval_note else []
+        for runtime, model in models.items():
+            self._status(f"{cell.key} in {runtime}")
+            view = stages.dataset_view(self.dataset(cell), cell.dataset, cell.scale)
+            try:
+                outcome = stages.evaluate_on(model, view, cell.scale, torch.device("cpu"), lpips=False)
+            except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the file is a finding, not a crash
+                notes.append(f"{runtime}: {one_line(exc)}")
+                continue
+            setattr(record, f"psnr_{runtime}", outcome.psnr)
+            setattr(record, f"ssim_{runtime}", outcome.ssim)
+        record.runtime_eval_note = "; ".join(notes) or None
+
     # ----------------------------------------------------------------------------------- calibration
-    def _calibrated(self, task: Task) -> tuple[nn.Module, _Calibration, Calibrated]:
+    def _calibrated(self, task: Task, folder: Path) -> tuple[nn.Module, _Calibration, Calibrated]:
         """The task's calibrated model: from the bounds it carries, else calibrated now."""
         cell, fingerprint = task.cells[0], task.fingerprints[0]
         self._status(f"calibrating {task.calib_key}")
@@ -294,22 +337,93 @@ class TaskRunner:
             self.bounds_memo.remember(cell, description, qmodel, seconds)
         lat = self.matrix.latency
         latency = interleaved_timings([fp_model, qmodel], lat.lr_size, lat.runs, self.device, seed=self.matrix.seed)
+        fields, runtime_models = self._deployment(cell, qmodel, folder)
         return qmodel, _Calibration(seconds, cached, description, self._cost(cell, qmodel), latency,
-                                    self._deployment(cell, qmodel)), event
+                                    fields, runtime_models), event
 
-    def _deployment(self, cell: Cell, qmodel: nn.Module) -> dict:
-        """Measured packed size (always) and, with `latency: {runtime: onnxruntime | openvino}`, FP32 vs int8 in that
-        runtime (OpenVINO: and BF16)."""
-        from bench.export.measure import onnxruntime_latency_fields, openvino_latency_fields, packed_size_fields
+    # ------------------------------------------------------------------------------ integer runtimes
+    def _deployment(self, cell: Cell, qmodel: nn.Module, folder: Path) -> tuple[dict, dict[str, nn.Module]]:
+        """Measured packed size (always); with `latency: {runtime: ...}` or `eval: {runtimes: [...]}`, the ONNX QDQ
+        export's sizes, its latency beside FP32 (OpenVINO: and BF16) in each timed runtime, and the runtime models
+        that evaluate it."""
+        from bench.export.measure import file_size_fields, packed_size_fields, runtime_model
+        from bench.export.onnx_qdq import export_onnx
         try:
             fields = packed_size_fields(qmodel)
-            lat = self.matrix.latency
-            timed = {"onnxruntime": onnxruntime_latency_fields, "openvino": openvino_latency_fields}.get(lat.runtime)
-            if timed is not None:
-                fields.update(timed(self.model(cell), qmodel, lat.lr_size, lat.runs, threads=torch.get_num_threads()))
         except BenchError as exc:
-            return {"deployment_note": one_line(exc)}
-        return fields
+            return {"deployment_note": one_line(exc)}, {}
+        timed, wanted = self._timed_runtimes(), self.matrix.eval.runtimes
+        if not timed and not wanted:
+            return fields, {}
+        q_path = folder / "int8-qdq.onnx"
+        try:
+            export_onnx(qmodel, q_path)
+        except BenchError as exc:  # e.g. 4-bit activations: the ONNX QDQ export writes uint8 activations
+            notes = {_LATENCY_NOTE[r]: str(exc) for r in timed}
+            return fields | notes | ({"runtime_eval_note": one_line(exc)} if wanted else {}), {}
+        fields.update(file_size_fields(q_path, folder))
+        for runtime in timed:
+            fields.update(self._file_latency(runtime, cell, q_path))
+        models, notes = {}, []
+        for runtime in wanted:
+            try:
+                models[runtime] = runtime_model(runtime, q_path, torch.get_num_threads())
+            except BenchError as exc:  # e.g. the runtime is not installed
+                notes.append(f"{runtime}: {one_line(exc)}")
+        return fields | ({"runtime_eval_note": "; ".join(notes)} if notes else {}), models
+
+    def _peer_calibrated(self, task: Task, folder: Path) -> tuple[nn.Module, _Calibration, Calibrated]:
+        """A peer's int8 file from the FP32 ONNX export and this scale's calibration batch (as every method gets),
+        its sizes and latencies, and the model that runs it in its own runtime."""
+        from bench.export.measure import file_size_fields, runs_file, runtime_model
+        from bench.export.peers import build_peer, get_peer
+        cell, fingerprint = task.cells[0], task.fingerprints[0]
+        self._status(f"calibrating {task.calib_key}")
+        peer, reduce_range = get_peer(cell.method.name), cell.bits.w == 7
+        _seed_everything(self.matrix.seed)
+        batch, _ = self.calib_batch(cell.scale)
+        start = time.perf_counter()
+        path = build_peer(peer.name, self.fp_onnx(cell), folder / "peer", batch, reduce_range)
+        seconds = time.perf_counter() - start
+        own = "onnxruntime" if runs_file("onnxruntime", path) else "openvino"
+        threads = torch.get_num_threads()
+        models = {r: runtime_model(r, path, threads)
+                  for r in dict.fromkeys([own, *self.matrix.eval.runtimes]) if runs_file(r, path)}
+        fields = {"peer": peer.description, "peer_runtime": own, **file_size_fields(path, folder)}
+        for runtime in self._timed_runtimes():
+            if runs_file(runtime, path):
+                fields.update(self._file_latency(runtime, cell, path))
+        description = {"name": peer.name, "peer": peer.description, "reduce_range": reduce_range, "file": path.name}
+        calibration = _Calibration(seconds, False, description, None, None, fields, models)
+        return models[own], calibration, Calibrated(task.calib_key, fingerprint, seconds, None, peer=True)
+
+    def _timed_runtimes(self) -> tuple[str, ...]:
+        lat = self.matrix.latency
+        return lat.timed_runtimes if lat.runs > 0 else ()
+
+    def fp_onnx(self, cell: Cell) -> Path:
+        """The FP32 model's ONNX export (shared by the peers and the runtimes' FP32 latency), made once."""
+        from bench.export.onnx_qdq import export_onnx
+        key = (cell.model, cell.scale)
+        if key not in self._fp_onnx:
+            if self._scratch is None:
+                self._scratch = tempfile.TemporaryDirectory(prefix="bench-fp32-")
+            path = Path(self._scratch.name) / f"{cell.model.name}-x{cell.scale}-{len(self._fp_onnx)}-fp32.onnx"
+            export_onnx(self.model(cell), path)
+            self._fp_onnx[key] = path
+        return self._fp_onnx[key]
+
+    def _file_latency(self, runtime: str, cell: Cell, path: Path) -> dict:
+        """FP32 vs the int8 file in `runtime`, interleaved (record fields), or a note naming why not."""
+        from bench.export.measure import FILE_LATENCY
+        lat = self.matrix.latency
+        try:
+            return FILE_LATENCY[runtime](self.fp_onnx(cell), path, lat.lr_size, lat.runs, torch.get_num_threads())
+        except BenchError as exc:
+            return {_LATENCY_NOTE[runtime]: one_line(exc)}
+
+
+_LATENCY_NOTE = {"onnxruntime": "latency_ort_note", "openvino": "latency_ov_note"}
 
 
 def _dump_bounds(qmodel: nn.Module, meta: dict) -> bytes:

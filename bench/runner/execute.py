@@ -228,6 +228,9 @@ class _Driver:
         if (event.calib_key, event.fingerprint) in self.calibrated:
             return
         self.calibrated.add((event.calib_key, event.fingerprint))
+        if event.peer:
+            self.stats.calibrations += 1
+            return
         if event.bounds is None:
             self.stats.calibrations_loaded += 1
             return

@@ -18,11 +18,15 @@ Schema (every key but `models`, `datasets` and `methods`/`baselines` optional):
       - minmax
       - {name: 2dquant, label: 2dquant-tiny, params: {iters: 20}}
     baselines: [fp, bicubic]
+    peers: [ort-minmax, nncf]       # the runtimes' own PTQ on the same FP model and calibration batch, as rows
+                                    # (bench.export.peers; W8A8, or W7A8 = their 7-bit-weight variants)
     calibration: {n: 32, patch: 64, seed: 0, train_dir: null, val: false}
                                     # train_dir: HR training images (default: `bench run --calib DIR`);
                                     # val: also give methods held-out patches (e.g. 2dquant select=val)
-    eval: {lpips: false}
-    latency: {runs: 3, lr_size: 128}  # runs: 0 disables the measurement
+    eval: {lpips: false, runtimes: []}  # runtimes: [openvino, onnxruntime]: also the PSNR/SSIM of each quantized
+                                    # cell's ONNX QDQ export run by that runtime's int8 kernels
+    latency: {runs: 3, lr_size: 128}  # runs: 0 disables the measurement; runtime: torch | onnxruntime | openvino
+                                    # (or a list of both): FP32 vs int8 (and BF16 in OpenVINO) in that runtime
     cost: {lr_size: 128}
     save_images: false              # write every cell's SR outputs as PNG (for `bench visual`)
     seed: 0
@@ -66,10 +70,12 @@ ALL = "all"
 # Names the data layer knows; used only when bench.data exposes no list of its own.
 FALLBACK_DATASETS = ("Set5", "Set14", "B100", "Urban100", "Manga109", "sample")
 
-_TOP_KEYS = {"name", "description", "models", "scales", "datasets", "bits", "methods", "baselines",
+_TOP_KEYS = {"name", "description", "models", "scales", "datasets", "bits", "methods", "baselines", "peers",
              "calibration", "eval", "latency", "cost", "save_images", "seed", "all_models_weights", "blocks"}
 # What a block may set; everything else is a setting of the whole matrix.
-_BLOCK_KEYS = {"name", "models", "scales", "datasets", "bits", "methods", "baselines"}
+_BLOCK_KEYS = {"name", "models", "scales", "datasets", "bits", "methods", "baselines", "peers"}
+# The integer runtimes a matrix can evaluate and time its quantized cells in (bench.export)
+RUNTIMES = ("onnxruntime", "openvino")
 # `models: all` takes official checkpoints only unless asked: the project's CPU-trained (shipped) weights are not
 # mixed with official ones in one table by accident.
 ALL_MODELS_WEIGHTS = ("official", "default")
@@ -117,6 +123,7 @@ class MethodSpec:
     label: str
     params_json: str = ""                 # canonical JSON of the matrix's params ("" = method defaults)
     bits: tuple[Bits, ...] | None = None  # None: the matrix's `bits`
+    peer: bool = False                    # a runtime's own PTQ (bench.export.peers), not a registered method
 
     @property
     def params(self) -> dict[str, Any]:
@@ -140,6 +147,7 @@ class CalibrationSpec:
 @dataclass(frozen=True)
 class EvalSpec:
     lpips: bool = False
+    runtimes: tuple[str, ...] = ()  # also evaluate each quantized cell's int8 export in these runtimes (RUNTIMES)
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,12 @@ class LatencySpec:
     runs: int = 3
     lr_size: int = 128
     runtime: str = "torch"  # "onnxruntime" / "openvino": also FP32 vs int8 QDQ in that runtime (bench.export), measured
+    runtimes: tuple[str, ...] = ()  # every runtime timed (`runtime: [openvino, onnxruntime]`); () = (runtime,)
+
+    @property
+    def timed_runtimes(self) -> tuple[str, ...]:
+        """The integer runtimes that time each calibration, in the matrix's order."""
+        return tuple(r for r in (self.runtimes or (self.runtime,)) if r in RUNTIMES)
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,7 @@ class BlockSpec:
     methods: tuple[MethodSpec, ...] | str = ()    # or ALL
     baselines: tuple[str, ...] = ()
     default_scales: tuple[int, ...] | str | None = None
+    peers: tuple[str, ...] = ()                   # bench.export.peers names
 
 
 @dataclass
@@ -178,6 +193,7 @@ class MatrixSpec:
     methods: tuple[MethodSpec, ...] | str = ()    # or ALL
     baselines: tuple[str, ...] = ()
     default_scales: tuple[int, ...] | str | None = None
+    peers: tuple[str, ...] = ()
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     latency: LatencySpec = field(default_factory=LatencySpec)
@@ -192,7 +208,7 @@ class MatrixSpec:
         if self.blocks:
             return self.blocks
         return (BlockSpec(self.name, self.models, self.datasets, self.bits, self.methods, self.baselines,
-                          self.default_scales),)
+                          self.default_scales, self.peers),)
 
     @property
     def expands_registries(self) -> bool:
@@ -489,11 +505,38 @@ def _parse_block(raw: dict, check: _Checker, name: str, prefix: str = "") -> Blo
         if baseline not in BASELINES:
             check.fail(f"unknown baseline {baseline!r} in `{prefix}baselines`; use {', '.join(BASELINES)}")
     methods = _parse_methods(raw.get("methods"), check, prefix)
-    if not methods and not baselines:
+    peers = _parse_peers(raw.get("peers"), bits, check, prefix)
+    if not methods and not baselines and not peers:
         where = f"block `{prefix.rstrip('.')}`" if prefix else "the matrix"
         check.fail(f"{where} has neither `methods` nor `baselines`; add at least one")
+    clash = sorted({m.label for m in methods if methods != ALL} & set(peers))
+    if clash:
+        check.fail(f"`{prefix}methods` label {clash[0]!r} is also a peer's name; give the method another label")
     return BlockSpec(name, _parse_models(raw.get("models"), check, default_scales, prefix),
-                     _parse_datasets(raw.get("datasets"), check, prefix), bits, methods, baselines, default_scales)
+                     _parse_datasets(raw.get("datasets"), check, prefix), bits, methods, baselines, default_scales,
+                     peers)
+
+
+def _parse_peers(value: Any, bits: tuple[Bits, ...], check: _Checker, prefix: str = "") -> tuple[str, ...]:
+    """The runtimes' own PTQ (bench.export.peers) at the block's bits, which must be W8A8 or W7A8."""
+    from bench.export.peers import PEER_BITS, PEERS
+    peers = tuple(check.list_of(value or [], f"{prefix}peers"))
+    for name in peers:
+        if name not in PEERS:
+            check.fail(f"unknown peer {name!r} in `{prefix}peers`; use {', '.join(PEERS)}")
+    wrong = [b.label for b in bits if (b.w, b.a) not in PEER_BITS or b.mixed is not None]
+    if peers and wrong:
+        check.fail(f"`{prefix}peers` run at W8A8 or W7A8 only (the runtimes' int8 PTQ), but the bits are "
+                   f"{', '.join(wrong)}; put the peers in a block with `bits: [8]` or `bits: [w7a8]`")
+    return peers
+
+
+def _parse_runtimes(value: Any, check: _Checker, where: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    runtimes = tuple(check.list_of([value] if isinstance(value, str) else (value or []), where))
+    for runtime in runtimes:
+        if runtime not in allowed:
+            check.fail(f"{where}: {runtime!r} is not a runtime; use {' or '.join(allowed)}")
+    return runtimes
 
 
 def _parse_blocks(raw: dict, check: _Checker) -> tuple[BlockSpec, ...]:
@@ -538,11 +581,13 @@ def parse_matrix(raw: dict, path: Path) -> MatrixSpec:
         train_dir=calib.get("train_dir"),
         val=check.bool_value(calib.get("val", False), "calibration.val"))
     ev = check.mapping(raw.get("eval"), "eval")
-    check.keys(ev, {"lpips"}, "eval")
+    check.keys(ev, {"lpips", "runtimes"}, "eval")
     lat = check.mapping(raw.get("latency"), "latency")
     check.keys(lat, {"runs", "lr_size", "runtime"}, "latency")
-    if lat.get("runtime", "torch") not in ("torch", "onnxruntime", "openvino"):
-        check.fail(f"latency.runtime: {lat['runtime']!r} is not a runtime; use torch, onnxruntime or openvino")
+    timed = _parse_runtimes(lat.get("runtime", "torch"), check, "latency.runtime", ("torch",) + RUNTIMES)
+    if "torch" in timed and len(timed) > 1:
+        check.fail("latency.runtime: torch times the fake-quant model on its own; list onnxruntime and/or "
+                   "openvino, or give torch alone")
     cost = check.mapping(raw.get("cost"), "cost")
     check.keys(cost, {"lr_size"}, "cost")
 
@@ -556,11 +601,13 @@ def parse_matrix(raw: dict, path: Path) -> MatrixSpec:
         methods=top.methods,
         baselines=top.baselines,
         default_scales=top.default_scales,
+        peers=top.peers,
         calibration=calibration,
-        eval=EvalSpec(lpips=check.bool_value(ev.get("lpips", False), "eval.lpips")),
+        eval=EvalSpec(lpips=check.bool_value(ev.get("lpips", False), "eval.lpips"),
+                      runtimes=_parse_runtimes(ev.get("runtimes"), check, "eval.runtimes", RUNTIMES)),
         latency=LatencySpec(runs=check.int_value(lat.get("runs", 3), "latency.runs", 0),
                             lr_size=check.int_value(lat.get("lr_size", 128), "latency.lr_size", 8),
-                            runtime=str(lat.get("runtime", "torch"))),
+                            runtime=(timed or ("torch",))[0], runtimes=timed if len(timed) > 1 else ()),
         cost=CostSpec(lr_size=check.int_value(cost.get("lr_size", 128), "cost.lr_size", 8)),
         save_images=check.bool_value(raw.get("save_images", False), "save_images"),
         seed=check.int_value(raw.get("seed", 0), "seed", 0),

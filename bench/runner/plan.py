@@ -64,7 +64,8 @@ def matrix_cells(matrix: MatrixSpec) -> list[Cell]:
     blocks = []
     for block in matrix.cell_blocks():
         models = [(m, s) for m in _models(block, matrix) for s in _model_scales(m, block)]
-        blocks.append(expand_cells(models, _datasets(block), _methods(block), block.baselines, block.bits))
+        blocks.append(expand_cells(models, _datasets(block), _methods(block), block.baselines, block.bits,
+                                   block.peers))
     return merge_block_cells(blocks, matrix.path)
 
 

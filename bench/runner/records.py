@@ -103,6 +103,20 @@ class CellRecord:
     latency_ov_lr_size: int | None = None
     latency_ov_note: str | None = None
     deployment_note: str | None = None
+    # the int8 model file itself: the ONNX QDQ export (or a peer's .onnx) and its OpenVINO IR (.xml + .bin)
+    onnx_size_bytes: int | None = None
+    openvino_ir_size_bytes: int | None = None
+    # --- with `eval: {runtimes: [openvino, onnxruntime]}`: the same int8 model run by each runtime's kernels on
+    # this cell's images (Y channel, border = scale, as `psnr`/`ssim`), beside the fake quant's `psnr`/`ssim`
+    psnr_openvino: float | None = None
+    ssim_openvino: float | None = None
+    psnr_onnxruntime: float | None = None
+    ssim_onnxruntime: float | None = None
+    runtime_eval_note: str | None = None             # why a runtime's figures are missing
+    # --- a peer (`peers:` in the matrix): a runtime's own PTQ on the same FP model and calibration batch, not a
+    # project method; its `psnr`/`ssim` are those of `peer_runtime` running its file (there is no fake quant)
+    peer: str | None = None                          # what it is ("onnxruntime quantize_static, MinMax calibrator")
+    peer_runtime: str | None = None
     # --- timings and provenance
     calib_seconds: float | None = None
     calib_cached: bool | None = None

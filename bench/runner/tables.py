@@ -34,7 +34,10 @@ MAX_DIGITS = 6   # float32 images: PSNR/SSIM beyond 6 decimals is noise
 DISPLAY_NAMES = {"fp": "FP", "bicubic": "Bicubic", "minmax": "MinMax", "percentile": "Percentile",
                  "emmse": "EMMSE", "ptq4sr": "DBDC+Pac", "dobi": "DOBI", "2dquant": "2DQuant",
                  "noisyquant": "NoisyQuant", "condiquant": "CondiQuant", "adaround": "AdaRound", "brecq": "BRECQ",
-                 "qdrop": "QDrop", "compsrt": "CompSRT", "ptq4vit": "PTQ4ViT", "repq-vit": "RepQ-ViT"}
+                 "qdrop": "QDrop", "compsrt": "CompSRT", "ptq4vit": "PTQ4ViT", "repq-vit": "RepQ-ViT",
+                 # the runtimes' own PTQ (matrix `peers:`, bench.export.peers)
+                 "ort-minmax": "ORT MinMax (peer)", "ort-entropy": "ORT Entropy (peer)",
+                 "ort-percentile": "ORT Percentile (peer)", "nncf": "NNCF (peer)"}
 # Normalised method names of published tables that mean one of our registry names.
 REFERENCE_ALIASES = {"dbdcpac": "ptq4sr", "ptq4sr": "ptq4sr", "minmax": "minmax", "percentile": "percentile",
                      "dobi": "dobi", "2dquant": "2dquant", "emmse": "emmse", "bicubic": "bicubic",
@@ -69,10 +72,18 @@ OV_DEPLOYMENT_COLUMNS = (
     DeploymentColumn("latency_ov_speedup", "int8 speed-up vs FP32 (OpenVINO)", 2),
     DeploymentColumn("latency_ov_bf16_speedup", "int8 speed-up vs BF16 (OpenVINO)", 2),
 )
+# the int8 file itself (runs with a runtime in `latency` or `eval.runtimes`)
+FILE_DEPLOYMENT_COLUMNS = (
+    DeploymentColumn("onnx_size_bytes", "ONNX KB (measured)", 1, 1000.0),
+    DeploymentColumn("openvino_ir_size_bytes", "OpenVINO IR KB (measured)", 1, 1000.0),
+)
 DEPLOYMENT_COLUMNS = BASE_DEPLOYMENT_COLUMNS + ORT_DEPLOYMENT_COLUMNS   # the columns of an onnxruntime-timed run
-ALL_DEPLOYMENT_COLUMNS = DEPLOYMENT_COLUMNS + OV_DEPLOYMENT_COLUMNS
+ALL_DEPLOYMENT_COLUMNS = DEPLOYMENT_COLUMNS + OV_DEPLOYMENT_COLUMNS + FILE_DEPLOYMENT_COLUMNS
 # Fields only a deployment measurement writes: a table without any of them has nothing measured to show.
-MEASURED_DEPLOYMENT_FIELDS = ("packed_size_bytes", "latency_ort_fp32_ms", "latency_ort_int8_ms", "latency_ov_int8_ms")
+MEASURED_DEPLOYMENT_FIELDS = ("packed_size_bytes", "latency_ort_fp32_ms", "latency_ort_int8_ms", "latency_ov_int8_ms",
+                              "psnr_openvino", "psnr_onnxruntime")
+# With `eval: {runtimes: [...]}`: each dataset's PSNR of the fake quant beside the same int8 file in each runtime
+RUNTIME_PSNR = (("psnr", "fake quant"), ("psnr_openvino", "OpenVINO"), ("psnr_onnxruntime", "onnxruntime"))
 MISSING = "-"
 
 
@@ -297,7 +308,7 @@ def build_tables(records: list[dict], reference: list[ReferenceRow] | None = Non
             _attach_tests(table, ok)
         table.contested, table.ties = _mark_bold(rows, columns, significance, shown_digits)
         if deployment:
-            table.deployment = build_deployment(ok, rows)
+            table.deployment = build_deployment(ok, rows, columns, headers, shown_digits["psnr"])
         tables.append(table)
     return tables
 
@@ -319,6 +330,9 @@ def _measured_rows(records: list[dict], columns: list[str]) -> list[Row]:
         for column in ALL_DEPLOYMENT_COLUMNS:  # the first record of the row that has the figure
             if by_row[key].deployment.get(column.field) is None:
                 by_row[key].deployment[column.field] = r.get(column.field)
+        for name, _ in RUNTIME_PSNR:  # a peer has no fake quant: its `psnr` is its runtime's
+            own = name != "psnr" or (not r.get("peer") and r["method"] != "bicubic")
+            by_row[key].deployment[_runtime_field(dataset, name)] = r.get(name) if own else None
     return [by_row[k] for k in sorted(by_row, key=lambda k: order[k])]
 
 
@@ -340,15 +354,37 @@ class Deployment:
                      c.digits, missing) for c in self.columns]
 
 
-def build_deployment(records: list[dict], rows: list[Row]) -> Deployment | None:
+def _runtime_field(dataset: str, name: str) -> str:
+    return f"{dataset}|{name}"
+
+
+def _runtime_psnr_columns(records: list[dict], datasets: list[str], headers: dict[str, str],
+                          digits: int) -> tuple[DeploymentColumn, ...]:
+    """Per dataset: the fake quant's PSNR and that of each runtime the records evaluated the int8 file in."""
+    present = [(name, shown) for name, shown in RUNTIME_PSNR[1:] if any(r.get(name) is not None for r in records)]
+    if not present:
+        return ()
+    return tuple(DeploymentColumn(_runtime_field(d, name), f"{headers.get(d, d)} PSNR {shown}", digits)
+                 for d in datasets for name, shown in [RUNTIME_PSNR[0], *present])
+
+
+def build_deployment(records: list[dict], rows: list[Row], datasets: list[str] | None = None,
+                     headers: dict[str, str] | None = None, psnr_digits: int = 2) -> Deployment | None:
     """None when no record holds a measured deployment figure (runs made before `bench.export.measure`)."""
     if not any(r.get(f) is not None for r in records for f in MEASURED_DEPLOYMENT_FIELDS):
         return None
-    shown = [row for row in rows if not row.reference and any(v is not None for v in row.deployment.values())]
     providers = sorted({r["latency_ort_provider"] for r in records if r.get("latency_ort_provider")})
-    columns = DEPLOYMENT_COLUMNS
-    if any(r.get("latency_ov_int8_ms") is not None for r in records):  # OpenVINO-timed: its columns, not ORT's
-        columns = BASE_DEPLOYMENT_COLUMNS + OV_DEPLOYMENT_COLUMNS
+    ort_timed = any(r.get("latency_ort_int8_ms") is not None for r in records)
+    ov_timed = any(r.get("latency_ov_int8_ms") is not None for r in records)
+    latency = ORT_DEPLOYMENT_COLUMNS if ort_timed or not ov_timed else ()
+    latency += OV_DEPLOYMENT_COLUMNS if ov_timed else ()
+    files = tuple(c for c in FILE_DEPLOYMENT_COLUMNS if any(r.get(c.field) is not None for r in records))
+    psnr = _runtime_psnr_columns(records, datasets or [], headers or {}, psnr_digits)
+    columns = psnr + BASE_DEPLOYMENT_COLUMNS + files + latency
+    # rows with a measured figure; the FP row also for its PSNR beside the runtimes' (bicubic never)
+    measured = {c.field for c in columns}
+    shown = [row for row in rows if not row.reference and row.method != "bicubic"
+             and any(row.deployment.get(f) is not None for f in measured)]
     return Deployment(shown, "/".join(providers) or "cpu", _deployment_notes(records), columns)
 
 
@@ -631,7 +667,7 @@ def _latex_deployment(table: Table) -> str:
     caption = f"{table.title}: model size and latency, the cost model beside measured figures"
     lines = [f"% {table.title}, deployment; needs \\usepackage{{booktabs}}", r"\begin{table}[t]", r"\centering",
              rf"\caption{{{latex_escape(caption)}}}", rf"\label{{{latex_label(table)}-deployment}}",
-             r"\begin{tabular}{ll" + "r" * len(DEPLOYMENT_COLUMNS) + "}", r"\toprule",
+             r"\begin{tabular}{ll" + "r" * len(deployment.columns) + "}", r"\toprule",
              " & ".join(latex_escape(h) for h in ["Method", "Bits"] + deployment.headers()) + r" \\", r"\midrule"]
     lines += [" & ".join(latex_escape(c) for c in [row.label, row.bits] + deployment.cells(row)) + r" \\"
               for row in deployment.rows]

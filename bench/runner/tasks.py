@@ -46,6 +46,7 @@ class Calibrated:
     fingerprint: str
     seconds: float | None
     bounds: bytes | None
+    peer: bool = False     # a peer's (runtime PTQ's) calibration: computed, but nothing to cache
 
 
 @dataclass
