@@ -1,14 +1,16 @@
 """The reference tables in results/reference/ that a benchmark run can express are matrices
 (matrices/reference/) and `bench table` output of a committed run folder (results/reference/runs/<name>):
 
-* each table's text below its `<!-- bench table -->` line is what `bench table --no-deployment` (with the
-  table's own flags: `--digits psnr=3` for the SwinIR-light tables, whose methods differ by hundredths of a dB)
-  prints from the run folder today, and the command at the top of the file regenerates it;
+* each table's text below its `<!-- bench table -->` line is what `bench table` (with the table's own flags:
+  `--no-deployment` for the quality tables, `--digits psnr=3` for the SwinIR-light tables, whose methods differ by
+  hundredths of a dB; the deployment page keeps its size/latency/runtime-PSNR table) prints from the run folder
+  today, and the command at the top of the file regenerates it;
 * the run folder is a complete run of its matrix: one ok record per cell, with the fingerprint `bench run`
   gives that cell (so `bench run` into it computes nothing);
 * one cheap cell of each matrix, run again with `bench run --only ...`, gives its committed PSNR to 0.01 dB
   (IMDN x2 MinMax W4A4 on Set5, IMDTN x4 MinMax W4A4 on Set5: about 35 s each on one thread; the mixed-precision
-  table's uniform IMDN x4 DOBI W3A3 on Set5, its cheapest; they need the shared folder and skip without it).
+  table's uniform IMDN x4 DOBI W3A3 on Set5, its cheapest; the deployment page's IMDN x2 MinMax W7A8 on Set5, with
+  its OpenVINO and onnxruntime PSNR; they need the shared folder and skip without it).
   SwinIR-light x2: the FP cell of one table (the note at TABLES says why).
 """
 from __future__ import annotations
@@ -28,12 +30,14 @@ from bench.runner.records import RecordStore, latest_by_key, read_records
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "results" / "reference"
 # table -> (matrix, the cheap cell a test runs again or None, the `bench table` flags of its command)
-TABLES = {"imdn-w4a4": ("reference/imdn-w4a4", "imdn/x2/minmax/W4A4/Set5", ""),
-          "imdtn-w4a4": ("reference/imdtn-w4a4", "imdtn/x4/minmax/W4A4/Set5", ""),
-          "mixed-precision": ("reference/mixed-precision", "imdn/x4/dobi/W3A3/Set5", ""),
-          "swinir-light-vit-ptq": ("reference/swinir-light-vit-ptq", "swinir-light/x2/fp/FP/Set5", "--digits psnr=3"),
-          "swinir-light-w4a4-noisy-condi": ("reference/swinir-light-w4a4-noisy-condi", None, "--digits psnr=3"),
-          "swinir-light-w2a2-noisy-condi": ("reference/swinir-light-w2a2-noisy-condi", None, "--digits psnr=3")}
+QUALITY, SWINIR = "--no-deployment", "--no-deployment --digits psnr=3"
+TABLES = {"imdn-w4a4": ("reference/imdn-w4a4", "imdn/x2/minmax/W4A4/Set5", QUALITY),
+          "imdtn-w4a4": ("reference/imdtn-w4a4", "imdtn/x4/minmax/W4A4/Set5", QUALITY),
+          "mixed-precision": ("reference/mixed-precision", "imdn/x4/dobi/W3A3/Set5", QUALITY),
+          "swinir-light-vit-ptq": ("reference/swinir-light-vit-ptq", "swinir-light/x2/fp/FP/Set5", SWINIR),
+          "swinir-light-w4a4-noisy-condi": ("reference/swinir-light-w4a4-noisy-condi", None, SWINIR),
+          "swinir-light-w2a2-noisy-condi": ("reference/swinir-light-w2a2-noisy-condi", None, SWINIR),
+          "deploy-int8-imdn": ("reference/deploy-int8-imdn", "imdn/x2/minmax/W7A8/Set5", "")}
 # SwinIR-light x2: the FP cell of one table (28 s on one thread), not a quantized one: the cheapest, MinMax W4A4
 # Set5, takes 72 s on one thread (measured with the cell's own `bench run --only`), the others minutes. The three
 # tables' FP records are one measurement (test_swinir_light_tables_share_one_fp_record), so one rerun covers them.
@@ -55,13 +59,13 @@ def test_table_is_bench_table_output_of_its_run_folder(table, capsys):
     preamble, marker, body = text.partition(TABLE_MARKER + "\n")
     assert marker, f"{table}.md has no {TABLE_MARKER} line"
     matrix, _, flags = TABLES[table]
-    assert main(["table", "--run", str(_run_folder(table)), "--no-deployment", *flags.split()]) == 0
+    assert main(["table", "--run", str(_run_folder(table)), *flags.split()]) == 0
     printed = capsys.readouterr().out
     assert body == "\n" + printed, (f"results/reference/{table}.md differs from `bench table`: regenerate it with "
                                     f"the bench table command at its top")
     command = (f"bench run --matrix {matrix} --data-root SHARED/data/benchmark --weights-dir SHARED/weights "
                f"--calib SHARED/data/train --threads 1 --out results/reference/runs/{table} && "
-               f"bench table --run results/reference/runs/{table} --no-deployment {flags + ' ' if flags else ''}"
+               f"bench table --run results/reference/runs/{table} {flags + ' ' if flags else ''}"
                f"--output results/reference/{table}.md --keep-preamble")
     assert command in preamble.replace("\\\n", "").replace("\n", " ")
 
@@ -97,8 +101,10 @@ def test_one_cell_run_again_gives_the_committed_psnr(table, tmp_path, benchmark_
     fresh = read_records(tmp_path / table / "records.jsonl")[0]
     committed = _records(table)[key]
     assert fresh["fingerprint"] == committed["fingerprint"]
-    assert fresh["psnr"] == pytest.approx(committed["psnr"], abs=0.01)
-    assert fresh["ssim"] == pytest.approx(committed["ssim"], abs=1e-4)
+    for metric, tolerance in (("psnr", 0.01), ("ssim", 1e-4)):  # and in each runtime, where the page has them
+        for field in (metric, f"{metric}_openvino", f"{metric}_onnxruntime"):
+            if committed.get(field) is not None:
+                assert fresh[field] == pytest.approx(committed[field], abs=tolerance), field
 
 
 def test_keep_preamble_replaces_only_the_table(tmp_path, capsys):

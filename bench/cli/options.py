@@ -5,7 +5,7 @@ from pathlib import Path
 
 # Kept as text: importing bench.quant.scopes here would load torch for every `bench --help`.
 # tests/test_scopes.py checks that it names every registered scope.
-SCOPE_NAMES = ("2dquant", "ptq4sr", "fp-edges", "2dquant+convs", "deploy")
+SCOPE_NAMES = ("2dquant", "ptq4sr", "fp-edges", "2dquant+convs", "deploy", "deploy-ort")
 SCOPE_HELP = f"quantization scope: auto (the model's default), {', '.join(SCOPE_NAMES)} (docs/scopes.md)"
 
 

@@ -23,7 +23,13 @@ Built-in scopes:
     attention BMMs, the first and last conv included, at the config's bits; weights on the `int-symmetric` grid
     (zero point 0, narrow range) and activations on the `int-zero-point` grid (bench/quant/integer_grid.py), so
     the fake-quant model computes what the runtime computes; each conv's and linear's output is quantized too, so
-    that the runtime's chain conv -> activation -> conv stays in integers (docs/deployment.md).
+    that the runtime's chain conv -> activation -> conv stays in integers (docs/deployment.md), except an output
+    that only residual adds read: it stays float, because OpenVINO applies a quantizer between a conv and the sum
+    it fuses into that conv without rounding and onnxruntime with it (bench/quant/shared_grids.py); without the
+    quantizer both runtimes compute what the fake quant computes, and onnxruntime runs those convs in float.
+  * `deploy-ort`: `deploy` with the outputs into residual adds quantized too: onnxruntime fuses every conv into a
+    QLinearConv (its fastest placement) and computes what the fake quant computes; OpenVINO does not round those
+    outputs (IMDN x2 MinMax W7A8: 0.086 dB above the fake quant on Set5).
   * `auto`: the model's registry default (`quant_scopes[0]`) when the model is known, else `2dquant` if the
     model has MatMul modules, else `ptq4sr`.
 """
@@ -79,6 +85,8 @@ class Scope:
     # integer runtime needs after an op to keep the next op in integers (onnxruntime fuses DQ -> Conv -> Q into
     # QLinearConv only with it).
     quantize_outputs: bool = False
+    # With quantize_outputs: leave a layer's output float when only residual adds read it (bench.quant.shared_grids)
+    float_outputs_into_adds: bool = False
 
     def rule_for(self, path: str, module: nn.Module) -> LayerRule | None:
         for rule in self.rules:
@@ -161,17 +169,29 @@ register_scope(Scope(
 
 # Deployable placement: the attention as a runtime runs it (qkv whole: one input, one int8 matmul), then every
 # other conv and linear; per-channel weights throughout, as onnxruntime's per-channel and NNCF's defaults.
+_DEPLOY_RULES = (
+    LayerRule("*.mlp.fc2", "Linear", act_kinds=(ACT_GELU,), per_channel=True),
+    LayerRule("*.attn.matmul_qk", "MatMul", act_kinds=(ACT, ACT)),
+    LayerRule("*.attn.matmul_av", "MatMul", act_kinds=(ACT_SOFTMAX, ACT)),
+    LayerRule("*", "Conv2d", per_channel=True),
+    LayerRule("*", "Linear", per_channel=True),
+)
 register_scope(Scope(
     name="deploy",
     description="integer-runtime placement: every Conv2d and Linear (per-channel symmetric int weights, qkv whole), "
-                "both attention BMMs, edges included; activations with integer zero points",
-    rules=(
-        LayerRule("*.mlp.fc2", "Linear", act_kinds=(ACT_GELU,), per_channel=True),
-        LayerRule("*.attn.matmul_qk", "MatMul", act_kinds=(ACT, ACT)),
-        LayerRule("*.attn.matmul_av", "MatMul", act_kinds=(ACT_SOFTMAX, ACT)),
-        LayerRule("*", "Conv2d", per_channel=True),
-        LayerRule("*", "Linear", per_channel=True),
-    ),
+                "both attention BMMs, edges included; activations with integer zero points; outputs that only "
+                "residual adds read stay float (OpenVINO and onnxruntime then compute the same)",
+    rules=_DEPLOY_RULES,
+    weight_type="int-symmetric",
+    act_type="int-zero-point",
+    quantize_outputs=True,
+    float_outputs_into_adds=True,
+))
+register_scope(Scope(
+    name="deploy-ort",
+    description="deploy with every conv/linear output quantized, residual adds' inputs included: one QLinearConv per "
+                "conv in onnxruntime (OpenVINO skips the rounding of the outputs into adds)",
+    rules=_DEPLOY_RULES,
     weight_type="int-symmetric",
     act_type="int-zero-point",
     quantize_outputs=True,

@@ -17,7 +17,7 @@ from bench.errors import ConfigError
 from bench.quant.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear, QuantMatMul, SplitQuantLinear
 from bench.quant.quantizer import MAX_BITS, MIN_BITS, FakeQuantizer
 from bench.quant.scopes import AUTO, FP, LayerRule, Scope, resolve_scope
-from bench.quant.shared_grids import is_shared, share_requantized_inputs
+from bench.quant.shared_grids import outputs_into_adds, placed_off, share_requantized_inputs
 
 LayerBits = tuple[tuple[str, int, int], ...]
 
@@ -182,7 +182,10 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
             outputs[f"{path}.output_quant"] = wrapper.output_quant
     qmodel.quant_config = config
     qmodel.quant_scope = scope.name
-    # One grid per tensor, as integer runtimes keep it (bench.quant.shared_grids)
+    # Outputs only residual adds read stay float, as OpenVINO computes them; then one grid per tensor, as integer
+    # runtimes keep it (bench.quant.shared_grids)
+    qmodel.adds_only_outputs = outputs_into_adds(qmodel, outputs) if outputs and scope.float_outputs_into_adds else []
+    outputs = {name: q for name, q in outputs.items() if name not in qmodel.adds_only_outputs}
     qmodel.shared_input_quantizers = share_requantized_inputs(qmodel, outputs) if outputs else {}
     return qmodel
 
@@ -238,9 +241,10 @@ def bound_parameters(qmodel: nn.Module) -> list[nn.Parameter]:
 
 def set_quant_enabled(qmodel: nn.Module, enabled: bool) -> None:
     """Turn every quantizer on (fake-quant) or off (identity: the FP model). An input quantizer that shares
-    its tensor's grid with an output quantizer (bench.quant.shared_grids) stays off: its tensor is quantized."""
+    its tensor's grid with an output quantizer (bench.quant.shared_grids) stays off: its tensor is quantized; so
+    does an output quantizer that only residual adds read (the runtimes add that output in float)."""
     for _, q in quantizers(qmodel):
-        q.enabled = bool(enabled) and not is_shared(q)
+        q.enabled = bool(enabled) and not placed_off(q)
 
 
 @torch.no_grad()

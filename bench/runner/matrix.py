@@ -535,7 +535,7 @@ def _parse_runtimes(value: Any, check: _Checker, where: str, allowed: tuple[str,
     runtimes = tuple(check.list_of([value] if isinstance(value, str) else (value or []), where))
     for runtime in runtimes:
         if runtime not in allowed:
-            check.fail(f"{where}: {runtime!r} is not a runtime; use {' or '.join(allowed)}")
+            check.fail(f"{where}: {runtime!r} is not a runtime; use {', '.join(allowed[:-1])} or {allowed[-1]}")
     return runtimes
 
 
