@@ -38,9 +38,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from bench.errors import ConfigError
+from bench.quant.integer_grid import uniform_grid_bounds
 from bench.quant.layers import QUANT_LAYER_TYPES
 from bench.quant.pipeline import CalibContext
-from bench.quant.integer_grid import uniform_grid_bounds
 from bench.quant.qtypes import make_quantizer, replace_quantizer
 from bench.quant.quantizer import FakeQuantizer
 from bench.quant.rounding import LearnedRoundingQuantizer

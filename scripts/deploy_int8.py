@@ -42,7 +42,7 @@ from bench.export.cpu import cpu_flags, has_bf16, has_int8_dot_product  # noqa: 
 from bench.export.latency import interleaved_medians, sample_input  # noqa: E402
 from bench.export.onnx_qdq import export_onnx  # noqa: E402
 from bench.export.ort_model import OnnxSRModel  # noqa: E402
-from bench.export.ov_model import OpenVINOSRModel, compile_for, executed_precision, read_model  # noqa: E402
+from bench.export.ov_model import OpenVINOSRModel, executed_precision, read_model  # noqa: E402
 from bench.export.peers import build_peer  # noqa: E402
 from bench.quant import CalibContext, quantize_with_method  # noqa: E402
 from methods import create_method  # noqa: E402
@@ -255,7 +255,7 @@ def markdown(rows: list[dict], env: dict, args) -> str:
         for d in datasets:
             header += [f"{d} fake quant", f"{d} OpenVINO", f"{d} onnxruntime"]
         header += ["IR KB", "onnx KB", f"OpenVINO ms (LR {lat['lr_size']})", "OV speed-up",
-                   f"onnxruntime ms", "ORT speed-up"]
+                   "onnxruntime ms", "ORT speed-up"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         ov, ort = lat["openvino"], lat["onnxruntime"]
         lines.append("| FP32 | - | " + " | ".join(

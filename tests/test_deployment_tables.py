@@ -30,7 +30,8 @@ latency: {runs: 1, lr_size: 16, runtime: onnxruntime}
 cost: {lr_size: 16}
 """
 HEADERS = ["Method", "Bits", "size KB (cost model)", "size KB (measured, packed)", "speed-up (paper rule)",
-           "ONNX KB (measured)", "OpenVINO IR KB (measured)", "FP32 latency ms (measured, onnxruntime cpu)", "int8 latency ms (measured, onnxruntime cpu)",
+           "ONNX KB (measured)", "OpenVINO IR KB (measured)", "FP32 latency ms (measured, onnxruntime cpu)",
+           "int8 latency ms (measured, onnxruntime cpu)",
            "speed-up (measured, onnxruntime cpu)"]
 # FSRCNN x2 (13,876 parameters, 13,528 of them quantized weights; first and last layers stay FP under `auto`):
 # the cost model's sizes in bytes, and the packed files' safetensors headers (names, shapes, layout metadata).
@@ -114,7 +115,8 @@ def test_latex_and_csv_carry_the_same_columns(run, records):
     lines = render(tables, "csv").splitlines()
     block = lines[lines.index("") + 1:]                                  # the block after the PSNR/SSIM rows
     assert block[0] == ('model,scale,method,bits,size KB (cost model),"size KB (measured, packed)",speed-up (paper '
-                        'rule),ONNX KB (measured),OpenVINO IR KB (measured),"FP32 latency ms (measured, onnxruntime cpu)","int8 latency ms (measured, onnxruntime '
+                        'rule),ONNX KB (measured),OpenVINO IR KB (measured),"FP32 latency ms (measured, onnxruntime '
+                        'cpu)","int8 latency ms (measured, onnxruntime '
                         'cpu)","speed-up (measured, onnxruntime cpu)"')
     assert block[1] == "fsrcnn,2,FP,32,55.5,,1.00,,,,,"                 # empty, as the CSV's missing PSNR: never 0
     assert block[3] == "fsrcnn,2,MinMax,4,13.1,18.4,5.27,,,,,"

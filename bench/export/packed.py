@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import bench.quant.scale_offset  # noqa: F401  (registers the "scale-offset" type for activation quantizers)
 import bench.quant.rotated_quantizer  # noqa: F401  (registers "rotated-scale-offset")
+import bench.quant.scale_offset  # noqa: F401  (registers the "scale-offset" type for activation quantizers)
 from bench.errors import CheckpointError
 from bench.quant.quantizer import _MIN_STEP, FakeQuantizer, levels
 from bench.quant.surgery import QuantConfig, activation_quantizers, quantize_model, weight_quantizers

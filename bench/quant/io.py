@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-import bench.quant.scale_offset  # noqa: F401  (registers the "scale-offset" type that files may name)
 import bench.quant.rotated_quantizer  # noqa: F401  (registers "rotated-scale-offset")
+import bench.quant.scale_offset  # noqa: F401  (registers the "scale-offset" type that files may name)
 from bench.errors import CheckpointError
 from bench.quant.qtypes import make_quantizer, replace_quantizer
 from bench.quant.surgery import QuantConfig, quantize_model, quantizers, rewrite_fp_tensor, rewritten_fp_tensors

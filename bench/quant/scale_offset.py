@@ -11,7 +11,8 @@ float32 rounding, and `dequant_grid` returns that step).
 
 In "step" units alpha and beta are fractions of the step (u - l) / N, so one Adam update of lr 1e-2 moves a grid
 by 1 % of its step whatever the tensor's range; in "absolute" units (CompSRT's code) by 0.01 in the tensor's own
-units, which is many steps of a narrow weight. alpha and beta have the bounds' shape (per tensor or per channel) and start at 0, where the type is the uniform
+units, which is many steps of a narrow weight. alpha and beta have the bounds' shape (per tensor or per channel)
+and start at 0, where the type is the uniform
 quantizer bit for bit (its fast paths included, as long as alpha and beta need no gradient). The clamp of the
 codes to 0..N keeps it a b-bit quantizer: its grid is Z + k s, k = 0..N, so it packs and dequantizes like the
 uniform one with scale s and lower Z (`dequant_grid`). CompSRT's released code does not clamp the codes (a

@@ -7,12 +7,12 @@ count and FP latency, the test sets and the calibration batches.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 

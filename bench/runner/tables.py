@@ -323,7 +323,7 @@ def _measured_rows(records: list[dict], columns: list[str]) -> list[Row]:
         if key not in by_row:
             name = shown[r["label"]]
             by_row[key] = Row(name, bits, group, {}, method=r["method"])
-            order[key] = sort_key + (index,)
+            order[key] = sort_key + (bool(r.get("peer")), index)   # the runtimes' own PTQ after the methods
         dataset = r.get("dataset_label") or r["dataset"]
         for metric, _ in METRICS:
             by_row[key].values[(dataset, metric)] = r.get(metric)
