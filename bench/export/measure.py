@@ -6,6 +6,7 @@ that they are measured (beside the cost model's theoretical `model_size_bytes` a
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -89,6 +90,15 @@ READS = {"onnxruntime": (".onnx",), "openvino": (".onnx", ".xml")}
 def runs_file(runtime: str, path: Path) -> bool:
     """Whether `runtime` reads the model file `path` (onnxruntime reads no OpenVINO IR)."""
     return Path(path).suffix in READS[runtime]
+
+
+def runtime_error_text(exc: BaseException, limit: int = 200) -> str:
+    """One line saying why a runtime could not run a model file: the runtime's own message without the source-file
+    prefixes OpenVINO stacks up ("Exception from src/...cpp:117: ...")."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"Exception from \S+:\d+:\s*", "", text)
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def runtime_model(runtime: str, path: Path, threads: int = 1) -> nn.Module:

@@ -297,7 +297,8 @@ class TaskRunner:
             try:
                 outcome = stages.evaluate_on(model, view, cell.scale, torch.device("cpu"), lpips=False)
             except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the file is a finding, not a crash
-                notes.append(f"{runtime}: {one_line(exc)}")
+                from bench.export.measure import runtime_error_text
+                notes.append(f"{runtime}: {runtime_error_text(exc)}")
                 continue
             setattr(record, f"psnr_{runtime}", outcome.psnr)
             setattr(record, f"ssim_{runtime}", outcome.ssim)
@@ -375,7 +376,7 @@ class TaskRunner:
     def _peer_calibrated(self, task: Task, folder: Path) -> tuple[nn.Module, _Calibration, Calibrated]:
         """A peer's int8 file from the FP32 ONNX export and this scale's calibration batch (as every method gets),
         its sizes and latencies, and the model that runs it in its own runtime."""
-        from bench.export.measure import file_size_fields, runs_file, runtime_model
+        from bench.export.measure import file_size_fields, runs_file, runtime_error_text, runtime_model
         from bench.export.peers import build_peer, get_peer
         cell, fingerprint = task.cells[0], task.fingerprints[0]
         self._status(f"calibrating {task.calib_key}")
@@ -387,9 +388,17 @@ class TaskRunner:
         seconds = time.perf_counter() - start
         own = "onnxruntime" if runs_file("onnxruntime", path) else "openvino"
         threads = torch.get_num_threads()
-        models = {r: runtime_model(r, path, threads)
-                  for r in dict.fromkeys([own, *self.matrix.eval.runtimes]) if runs_file(r, path)}
+        models = {own: runtime_model(own, path, threads)}    # its own runtime must run it: else the cell fails
         fields = {"peer": peer.description, "peer_runtime": own, **file_size_fields(path, folder)}
+        notes = []
+        for runtime in self.matrix.eval.runtimes:
+            if runtime not in models and runs_file(runtime, path):
+                try:
+                    models[runtime] = runtime_model(runtime, path, threads)
+                except Exception as exc:  # noqa: BLE001 - another runtime that cannot read the file is a finding
+                    notes.append(f"{runtime}: {runtime_error_text(exc)}")
+        if notes:
+            fields["runtime_eval_note"] = "; ".join(notes)
         for runtime in self._timed_runtimes():
             if runs_file(runtime, path):
                 fields.update(self._file_latency(runtime, cell, path))
@@ -414,13 +423,16 @@ class TaskRunner:
         return self._fp_onnx[key]
 
     def _file_latency(self, runtime: str, cell: Cell, path: Path) -> dict:
-        """FP32 vs the int8 file in `runtime`, interleaved (record fields), or a note naming why not."""
-        from bench.export.measure import FILE_LATENCY
+        """FP32 vs the int8 file in `runtime`, interleaved (record fields), or a note naming why not (the runtime is
+        not installed, or cannot compile the file: OpenVINO fails on onnxruntime's own IMDTN model)."""
+        from bench.export.measure import FILE_LATENCY, runtime_error_text
         lat = self.matrix.latency
         try:
             return FILE_LATENCY[runtime](self.fp_onnx(cell), path, lat.lr_size, lat.runs, torch.get_num_threads())
         except BenchError as exc:
             return {_LATENCY_NOTE[runtime]: one_line(exc)}
+        except Exception as exc:  # noqa: BLE001 - the runtime's own error: a finding about the file, not a crash
+            return {_LATENCY_NOTE[runtime]: f"{runtime} cannot run this file: {runtime_error_text(exc)}"}
 
 
 _LATENCY_NOTE = {"onnxruntime": "latency_ort_note", "openvino": "latency_ov_note"}

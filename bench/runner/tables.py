@@ -420,10 +420,18 @@ def _deployment_notes(records: list[dict]) -> list[str]:
                          "`{runtime: openvino}` to the matrix)")
         else:  # the ONNX QDQ export writes uint8 activations
             notes.append("latency: not measurable in onnxruntime here: the ONNX export needs 8-bit activations")
-    skipped = {r[k] for r in records for k in ("latency_ort_note", "latency_ov_note") if r.get(k)}
+    skipped = {_row_note(r, r[k]) if r.get("peer") else r[k]
+               for r in records for k in ("latency_ort_note", "latency_ov_note") if r.get(k)}
     skipped |= {r["deployment_note"] for r in records if r.get("deployment_note")}
     notes += [f"not measured: {text}" for text in sorted(skipped)]
+    unevaluated = {_row_note(r, r["runtime_eval_note"]) for r in records if r.get("runtime_eval_note")}
+    notes += [f"not evaluated in a runtime: {text}" for text in sorted(unevaluated)]
     return notes
+
+
+def _row_note(record: dict, text: str) -> str:
+    """A note about one row's file (a peer's, or a runtime that could not run it), naming the row."""
+    return f"{record['label']} {_bits_label(record)[0]}: {text}"
 
 
 def _applicable_reference(reference: list[ReferenceRow], model: str, scale: int) -> list[ReferenceRow]:
