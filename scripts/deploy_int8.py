@@ -48,6 +48,15 @@ from bench.quant import CalibContext, quantize_with_method  # noqa: E402
 from methods import create_method  # noqa: E402
 from models import create_model  # noqa: E402
 
+# The tables below were measured before the deploy scope left outputs into residual adds float (6b8966a).
+SUPERSEDED = ("**Superseded for PSNR, sizes and latency.** These runs predate commit 6b8966a, since which the `deploy` "
+              "scope leaves conv and linear outputs that only residual adds read in float: what they measured is "
+              "today's `deploy-ort` placement, whose quantizer before a residual add OpenVINO applies without "
+              "rounding (hence IMDN x2 MinMax's +0.086 dB in OpenVINO below; docs/scopes.md). `bench run` and "
+              "`bench table` now make the current tables: [deploy-int8-imdn.md](deploy-int8-imdn.md) and "
+              "[deploy-int8-transformers.md](deploy-int8-transformers.md). This page keeps what records do not "
+              "hold: OpenVINO's per-layer profiles of the transformers (measured with the deploy-ort placement) and "
+              "the int4-weight path (NNCF compress_weights on the FP32 model, which the placement does not touch).")
 OFFICIAL = {("imdn", 2): "imdn/IMDN_x2.pth", ("imdn", 4): "imdn/IMDN_x4.pth",
             ("imdtn", 4): "ntire2022-esr-x4/team09_imdtn.pth"}
 PEERS = ("ort-minmax", "ort-entropy", "ort-percentile", "nncf")
@@ -224,6 +233,7 @@ def _fmt(value, digits=2):
 
 def markdown(rows: list[dict], env: dict, args) -> str:
     lines = ["# Deployable int8: the `deploy` scope in OpenVINO and onnxruntime, beside the runtimes' own PTQ", "",
+             SUPERSEDED, "",
              "Regenerate: one run per model (each writes its .md and .json), then this page from their JSON files:", "",
              *[f"    {command}" for command in env.get("commands", [env.get("command", "")])],
              "    python scripts/deploy_int8.py --render RUN.json ... --out results/reference/deploy-int8.md", "",
