@@ -98,7 +98,8 @@ def runtime_error_text(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split())
     text = re.sub(r"Exception from \S+:\d+:\s*", "", text)
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    half = (limit - 5) // 2   # the start says where, the end what: keep both
+    return text if len(text) <= limit else f"{text[:half]} ... {text[-half:]}"
 
 
 def runtime_model(runtime: str, path: Path, threads: int = 1) -> nn.Module:
