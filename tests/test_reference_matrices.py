@@ -37,7 +37,8 @@ TABLES = {"imdn-w4a4": ("reference/imdn-w4a4", "imdn/x2/minmax/W4A4/Set5", QUALI
           "swinir-light-vit-ptq": ("reference/swinir-light-vit-ptq", "swinir-light/x2/fp/FP/Set5", SWINIR),
           "swinir-light-w4a4-noisy-condi": ("reference/swinir-light-w4a4-noisy-condi", None, SWINIR),
           "swinir-light-w2a2-noisy-condi": ("reference/swinir-light-w2a2-noisy-condi", None, SWINIR),
-          "deploy-int8-imdn": ("reference/deploy-int8-imdn", "imdn/x2/minmax/W7A8/Set5", "")}
+          "deploy-int8-imdn": ("reference/deploy-int8-imdn", "imdn/x2/minmax/W7A8/Set5", ""),
+          "deploy-int8-transformers": ("reference/deploy-int8-transformers", None, "")}
 # SwinIR-light x2: the FP cell of one table (28 s on one thread), not a quantized one: the cheapest, MinMax W4A4
 # Set5, takes 72 s on one thread (measured with the cell's own `bench run --only`), the others minutes. The three
 # tables' FP records are one measurement (test_swinir_light_tables_share_one_fp_record), so one rerun covers them.
