@@ -91,7 +91,8 @@ def test_append_after_a_torn_line_repairs_the_file(tmp_path):
     ("models: [imdn]\ndatasets: [Set/6]\nmethods: [minmax]\n", "bad dataset 'Set/6' in `datasets[0]`"),
     ("models: [{name: imdn, scales: [5]}]\ndatasets: [Set5]\nmethods: [minmax]\n", "model 'imdn' has no x5"),
     ("models: [{name: imdn, scope: int8}]\ndatasets: [Set5]\nmethods: [minmax]\n",
-     "unknown scope 'int8' in `models[0].scope`; use auto or one of: 2dquant, 2dquant+convs, deploy, fp-edges, ptq4sr"),
+     "unknown scope 'int8' in `models[0].scope`; use auto or one of: 2dquant, 2dquant+convs, deploy, deploy-ort, "
+     "fp-edges, ptq4sr"),
     ("models: [imdn]\ndatasets: [Set5]\nmethods:\n  - {name: minmax, params: {nonsense: 1}}\n",
      "bad params for method 'minmax' in `methods[0].params`"),
     ("models: [imdn]\ndatasets: [Set5\nmethods: [minmax]\n",
