@@ -301,6 +301,17 @@ def plot_latency(records: list[dict], model: str, scale: int, out_dir: Path,
     return _save(fig, out_dir, f"{model}_x{scale}_latency")
 
 
+def _latency_figsize(variants: int) -> tuple[float, float]:
+    """Two panels stacked (latency above, speed-up below): one column of bar groups per variant, readable at
+    a page's width up to about a dozen variants."""
+    return max(7.0, 1.4 * variants + 2.0), 7.6
+
+
+def _colours(style: dict, count: int) -> list:
+    colour = style.get("color")
+    return list(colour) if isinstance(colour, list) else [colour] * count
+
+
 @dataclass(frozen=True)
 class OrtVariant:
     """One quantized variant's measured onnxruntime figures and the paper rule's speed-up (None if absent)."""
@@ -316,7 +327,7 @@ class OrtVariant:
 def ort_variants(records: list[dict], styles: Styles) -> list[OrtVariant]:
     """The variants with an onnxruntime latency, once each (one calibration serves every dataset)."""
     found: dict[tuple, OrtVariant] = {}
-    for r in records:
+    for r in sorted(records, key=lambda r: bool(r.get("peer"))):  # the runtimes' own PTQ after the methods
         key = (r["label"], r.get("w_bits"), r.get("a_bits"))
         if _is_quantized(r) and r.get("latency_ort_int8_ms") is not None and key not in found:
             found[key] = OrtVariant(r["label"], styles.name(r), f"W{r['w_bits']}A{r['a_bits']}",
@@ -330,7 +341,7 @@ def plot_ort_latency(records: list[dict], model: str, scale: int, out_dir: Path,
     styles = styles or Styles(records)
     variants = ort_variants(records, styles)
     timed = next(r for r in records if r.get("latency_ort_int8_ms") is not None)
-    fig, (ax_ms, ax_x) = plt.subplots(1, 2, figsize=(max(7.0, 2.4 * len(variants) + 3), 3.6))
+    fig, (ax_ms, ax_x) = plt.subplots(2, 1, figsize=_latency_figsize(len(variants)))
     ticks = [f"{textwrap.fill(v.name, 18)}\n{v.bits}" for v in variants]  # long names wrap: labels never meet
     xs = list(range(len(variants)))
     bars = [ax_ms.bar([x - 0.2 for x in xs], [v.fp32_ms for v in variants], width=0.38, color="lightgrey",
@@ -360,7 +371,7 @@ def plot_ort_latency(records: list[dict], model: str, scale: int, out_dir: Path,
     provider = timed.get("latency_ort_provider") or "cpu"
     fig.suptitle(f"{model} x{scale}: measured onnxruntime {provider} latency"
                  + (f", LR {size}x{size}" if size else "") + (f", median of {runs} interleaved runs" if runs else "")
-                 + (f", {threads} thread(s)" if threads else ""), fontsize="medium", y=1.06)
+                 + (f", {threads} thread(s)" if threads else ""), fontsize="medium")
     fig.tight_layout()
     return _save(fig, out_dir, f"{model}_x{scale}_latency_onnxruntime")
 
@@ -370,12 +381,12 @@ def plot_openvino_latency(records: list[dict], model: str, scale: int, out_dir: 
     """OpenVINO: FP32, BF16 and int8 latency of each variant, and int8's speed-up over both (beside the paper rule)."""
     styles = styles or Styles(records)
     found: dict[tuple, dict] = {}
-    for r in records:
+    for r in sorted(records, key=lambda r: bool(r.get("peer"))):  # the runtimes' own PTQ after the methods
         key = (r["label"], r.get("w_bits"), r.get("a_bits"))
         if _is_quantized(r) and r.get("latency_ov_int8_ms") is not None and key not in found:
             found[key] = r
     variants = list(found.values())
-    fig, (ax_ms, ax_x) = plt.subplots(1, 2, figsize=(max(8.0, 2.8 * len(variants) + 3), 4.2))
+    fig, (ax_ms, ax_x) = plt.subplots(2, 1, figsize=_latency_figsize(len(variants)))
     ticks = [f"{textwrap.fill(styles.name(r), 18)}\nW{r['w_bits']}A{r['a_bits']}" for r in variants]
     xs = list(range(len(variants)))
     executed = variants[0].get("latency_ov_bf16_executed") or "bf16"
@@ -394,10 +405,13 @@ def plot_openvino_latency(records: list[dict], model: str, scale: int, out_dir: 
               ("latency_ov_speedup", 0.0, dict(color=[styles.of(r["label"]).colour for r in variants]),
                "measured vs FP32"),
               ("latency_ov_bf16_speedup", 0.27, dict(color="lightgrey", edgecolor="dimgrey"), "measured vs BF16")]
-    for field, shift, style, label in ratios:
-        values = [r.get(field) or 0.0 for r in variants]
-        ax_x.bar_label(ax_x.bar([x + shift for x in xs], values, width=0.26, label=label, **style), fmt="%.2fx",
-                       fontsize="x-small")
+    for field, shift, style, label in ratios:  # a figure a record lacks (a peer's paper rule) is no bar, never 0
+        shown = [(x, r[field], c) for x, r, c in zip(xs, variants, _colours(style, len(variants)))
+                 if r.get(field) is not None]
+        if shown:
+            style = {**style, "color": [c for _, _, c in shown]}
+            ax_x.bar_label(ax_x.bar([x + shift for x, _, _ in shown], [v for _, v, _ in shown], width=0.26,
+                                    label=label, **style), fmt="%.2fx", fontsize="x-small")
     ax_x.axhline(1.0, color="black", linewidth=0.8)
     ax_x.set_ylabel("int8 speed-up (x)")
     ax_x.set_xticks(xs, ticks, fontsize="small")
@@ -407,7 +421,7 @@ def plot_openvino_latency(records: list[dict], model: str, scale: int, out_dir: 
     first = variants[0]
     size, runs, threads = (first.get(f) for f in ("latency_ov_lr_size", "latency_ov_runs", "latency_ov_threads"))
     fig.suptitle(f"{model} x{scale}: measured OpenVINO CPU latency, LR {size}x{size}, median of {runs} interleaved "
-                 f"runs, {threads} thread(s)", fontsize="medium", y=1.02)
+                 f"runs, {threads} thread(s)", fontsize="medium")
     fig.tight_layout()
     return _save(fig, out_dir, f"{model}_x{scale}_latency_openvino")
 
