@@ -40,6 +40,7 @@ from bench.data.dataset import load_dataset  # noqa: E402
 from bench.evaluate import evaluate  # noqa: E402
 from bench.export.cpu import cpu_flags, has_bf16, has_int8_dot_product  # noqa: E402
 from bench.export.latency import interleaved_medians, sample_input  # noqa: E402
+from bench.export.measure import file_size_fields  # noqa: E402
 from bench.export.onnx_qdq import export_onnx  # noqa: E402
 from bench.export.ort_model import OnnxSRModel  # noqa: E402
 from bench.export.ov_model import OpenVINOSRModel, executed_precision, read_model  # noqa: E402
@@ -82,13 +83,7 @@ def metrics(model, datasets: dict, scale: int) -> dict:
 
 def ir_size(onnx_or_xml: Path, folder: Path) -> int:
     """Bytes of the OpenVINO IR (.xml + .bin) of a model file, weights kept as they are (no fp16 compression)."""
-    import openvino as ov
-    if onnx_or_xml.suffix == ".xml":
-        xml = onnx_or_xml
-    else:
-        xml = folder / (onnx_or_xml.stem + ".xml")
-        ov.save_model(read_model(onnx_or_xml), str(xml), compress_to_fp16=False)
-    return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+    return file_size_fields(onnx_or_xml, folder)["openvino_ir_size_bytes"]
 
 
 def profile(path: Path, lr_size: int, threads: int, multiple: int) -> list[dict]:

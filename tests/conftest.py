@@ -260,6 +260,16 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 # -------------------------------------------------------------------------------------------- helpers
 
+def run_matrix_text(folder: Path, text: str, **options) -> Path:
+    """Write `text` as `folder`/m.yaml, run it with `bench run` into `folder`/run (no progress bar); the run folder."""
+    from bench.runner.execute import RunOptions, run_matrix
+    from bench.runner.matrix import load_matrix
+
+    (folder / "m.yaml").write_text(text, encoding="utf-8")
+    run_matrix(load_matrix(folder / "m.yaml"), RunOptions(out=folder / "run", progress=False, **options))
+    return folder / "run"
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module of tiny tensors: intra-op threads gain nothing there, and on a shared, loaded

@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
 
+from conftest import run_matrix_text  # noqa: E402
+
 from bench.cli import main  # noqa: E402
 from bench.runner.records import read_records  # noqa: E402
 from bench.runner.tables import build_tables, render  # noqa: E402
@@ -41,13 +43,7 @@ HEADER_BYTES = {"W8A8": 5_264, "W4A4": 5_264}  # safetensors pads its JSON heade
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, one_thread):
-    from bench.runner.execute import RunOptions, run_matrix
-    from bench.runner.matrix import load_matrix
-
-    folder = tmp_path_factory.mktemp("deploy")
-    (folder / "m.yaml").write_text(MATRIX, encoding="utf-8")
-    run_matrix(load_matrix(folder / "m.yaml"), RunOptions(out=folder / "run", progress=False))
-    return folder / "run"
+    return run_matrix_text(tmp_path_factory.mktemp("deploy"), MATRIX)
 
 
 @pytest.fixture(scope="module")

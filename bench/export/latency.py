@@ -15,7 +15,6 @@ Runtimes:
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -96,19 +95,6 @@ def onnx_files_latency(fp_path: Path, q_path: Path, lr_size: int, runs: int, war
     others = {name: ms for name, ms in medians.items() if name not in ("fp", "q")}
     return LatencyResult("onnxruntime", provider, threads, x.shape[-1], runs, warmup, medians["fp"], medians["q"],
                          label, others)
-
-
-def onnxruntime_latency(fp_model: nn.Module, qmodel: nn.Module, lr_size: int, runs: int, warmup: int,
-                        threads: int, provider: str = "cpu", keep_dir: Path | None = None) -> LatencyResult:
-    """Export both models (into `keep_dir`, else a temporary folder) and time them with onnxruntime."""
-    from bench.export.onnx_qdq import export_onnx
-
-    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
-        folder = Path(keep_dir) if keep_dir is not None else Path(tmp)
-        fp_path, q_path = folder / "fp32.onnx", folder / "int8-qdq.onnx"
-        export_onnx(fp_model, fp_path)
-        export_onnx(qmodel, q_path)
-        return onnx_files_latency(fp_path, q_path, lr_size, runs, warmup, threads, provider)
 
 
 def max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:

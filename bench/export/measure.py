@@ -1,13 +1,16 @@
 """Deployment measurements for result records: measured packed size and onnxruntime / OpenVINO latency of one
 calibration.
 
-The runner calls these with a calibrated fake-quant model; they return flat, JSON-safe fields whose names say
-that they are measured (beside the cost model's theoretical `model_size_bytes` and `speedup`).
+The runner calls these with a calibrated fake-quant model or its exported files; they return flat, JSON-safe
+fields whose names say that they are measured (beside the cost model's theoretical `model_size_bytes` and
+`speedup`). `RUNTIMES` describes each integer runtime as data.
 """
 from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn as nn
@@ -22,34 +25,6 @@ def packed_size_fields(qmodel: nn.Module) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-packed-") as folder:
         info = save_packed(qmodel, Path(folder) / "model.safetensors")
     return {"packed_size_bytes": info.file_bytes, "packed_header_bytes": info.header_bytes}
-
-
-def onnxruntime_latency_fields(fp_model: nn.Module, qmodel: nn.Module, lr_size: int, runs: int,
-                               threads: int = 1, warmup: int = 1) -> dict:
-    """FP32 and int8 QDQ medians in onnxruntime (interleaved), or a note where the export does not apply."""
-    return _exported_fields(fp_model, qmodel, lr_size, runs, threads, warmup, onnxruntime_file_fields, "latency_ort")
-
-
-def openvino_latency_fields(fp_model: nn.Module, qmodel: nn.Module, lr_size: int, runs: int,
-                            threads: int = 1, warmup: int = 1) -> dict:
-    """FP32, BF16 and int8 QDQ medians in OpenVINO (interleaved), or a note where the export does not apply."""
-    return _exported_fields(fp_model, qmodel, lr_size, runs, threads, warmup, openvino_file_fields, "latency_ov")
-
-
-def _exported_fields(fp_model, qmodel, lr_size, runs, threads, warmup, timed, prefix: str) -> dict:
-    from bench.errors import ConfigError
-    from bench.export.onnx_qdq import export_onnx
-
-    if runs <= 0:
-        return {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-runtime-") as folder:
-            fp_path, q_path = Path(folder) / "fp32.onnx", Path(folder) / "int8-qdq.onnx"
-            export_onnx(fp_model, fp_path)
-            export_onnx(qmodel, q_path)
-            return timed(fp_path, q_path, lr_size, runs, threads, warmup)
-    except ConfigError as exc:  # e.g. 4-bit activations: ONNX QDQ writes uint8 activations
-        return {f"{prefix}_note": str(exc)}
 
 
 def onnxruntime_file_fields(fp_path: Path, q_path: Path, lr_size: int, runs: int, threads: int = 1,
@@ -82,14 +57,35 @@ def openvino_file_fields(fp_path: Path, q_path: Path, lr_size: int, runs: int, t
             "latency_ov_threads": threads, "latency_ov_runs": result.runs, "latency_ov_lr_size": result.lr_size}
 
 
-# Per runtime: the latency fields of (FP32 file, int8 file), and the file types it reads.
-FILE_LATENCY = {"onnxruntime": onnxruntime_file_fields, "openvino": openvino_file_fields}
-READS = {"onnxruntime": (".onnx",), "openvino": (".onnx", ".xml")}
+def _ort_model(path: Path, threads: int) -> nn.Module:
+    from bench.export.ort_model import OnnxSRModel
+    return OnnxSRModel(path, threads)
 
 
-def runs_file(runtime: str, path: Path) -> bool:
-    """Whether `runtime` reads the model file `path` (onnxruntime reads no OpenVINO IR)."""
-    return Path(path).suffix in READS[runtime]
+def _ov_model(path: Path, threads: int) -> nn.Module:
+    from bench.export.ov_model import OpenVINOSRModel
+    return OpenVINOSRModel(path, threads)
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """An integer runtime as data: what the runner needs to evaluate and time a model file in it. Adding a runtime
+    is one entry here, its `psnr_<name>`/`ssim_<name>` and latency fields in bench.runner.records, and its column
+    name in bench.runner.tables.RUNTIME_PSNR."""
+    name: str
+    reads: tuple[str, ...]                          # model file suffixes it runs
+    model: Callable[[Path, int], nn.Module]         # (file, threads) -> nn.Module running it (bench.inference)
+    latency_fields: Callable[..., dict]             # (FP32 file, int8 file, lr_size, runs, threads) -> record fields
+    note_field: str                                 # the record field saying why it was not timed
+
+    def runs(self, path: Path) -> bool:
+        return Path(path).suffix in self.reads
+
+
+RUNTIMES: dict[str, RuntimeSpec] = {spec.name: spec for spec in (
+    RuntimeSpec("onnxruntime", (".onnx",), _ort_model, onnxruntime_file_fields, "latency_ort_note"),
+    RuntimeSpec("openvino", (".onnx", ".xml"), _ov_model, openvino_file_fields, "latency_ov_note"),
+)}
 
 
 def runtime_error_text(exc: BaseException, limit: int = 200) -> str:
@@ -100,15 +96,6 @@ def runtime_error_text(exc: BaseException, limit: int = 200) -> str:
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     half = (limit - 5) // 2   # the start says where, the end what: keep both
     return text if len(text) <= limit else f"{text[:half]} ... {text[-half:]}"
-
-
-def runtime_model(runtime: str, path: Path, threads: int = 1) -> nn.Module:
-    """The model file run by `runtime`'s CPU kernels behind the nn.Module interface (bench.inference)."""
-    if runtime == "onnxruntime":
-        from bench.export.ort_model import OnnxSRModel
-        return OnnxSRModel(path, threads)
-    from bench.export.ov_model import OpenVINOSRModel
-    return OpenVINOSRModel(path, threads)
 
 
 def file_size_fields(path: Path, folder: Path) -> dict:

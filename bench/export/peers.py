@@ -37,6 +37,7 @@ class Peer:
     description: str
     build: Callable[..., Path]          # (fp32 onnx, output folder, calibration batch, reduce_range) -> file
     package: str                                        # what must be installed
+    runtime: str                        # the runtime whose file it writes and whose PSNR is its own (measure.RUNTIMES)
 
 
 class _Reader:
@@ -99,11 +100,13 @@ def _nncf(fp_path: Path, folder: Path, batch: torch.Tensor, reduce_range: bool =
 
 
 PEERS: dict[str, Peer] = {peer.name: peer for peer in (
-    Peer("ort-minmax", "onnxruntime quantize_static, MinMax calibrator", _ort_static("MinMax"), "onnxruntime"),
-    Peer("ort-entropy", "onnxruntime quantize_static, Entropy calibrator", _ort_static("Entropy"), "onnxruntime"),
-    Peer("ort-percentile", "onnxruntime quantize_static, Percentile calibrator", _ort_static("Percentile"),
+    Peer("ort-minmax", "onnxruntime quantize_static, MinMax calibrator", _ort_static("MinMax"), "onnxruntime",
          "onnxruntime"),
-    Peer("nncf", "NNCF nncf.quantize (OpenVINO backend, default preset)", _nncf, "nncf"),
+    Peer("ort-entropy", "onnxruntime quantize_static, Entropy calibrator", _ort_static("Entropy"), "onnxruntime",
+         "onnxruntime"),
+    Peer("ort-percentile", "onnxruntime quantize_static, Percentile calibrator", _ort_static("Percentile"),
+         "onnxruntime", "onnxruntime"),
+    Peer("nncf", "NNCF nncf.quantize (OpenVINO backend, default preset)", _nncf, "nncf", "openvino"),
 )}
 
 

@@ -347,7 +347,7 @@ class TaskRunner:
         """Measured packed size (always); with `latency: {runtime: ...}` or `eval: {runtimes: [...]}`, the ONNX QDQ
         export's sizes, its latency beside FP32 (OpenVINO: and BF16) in each timed runtime, and the runtime models
         that evaluate it."""
-        from bench.export.measure import file_size_fields, packed_size_fields, runtime_model
+        from bench.export.measure import RUNTIMES, file_size_fields, packed_size_fields
         from bench.export.onnx_qdq import export_onnx
         try:
             fields = packed_size_fields(qmodel)
@@ -360,7 +360,7 @@ class TaskRunner:
         try:
             export_onnx(qmodel, q_path)
         except BenchError as exc:  # e.g. 4-bit activations: the ONNX QDQ export writes uint8 activations
-            notes = {_LATENCY_NOTE[r]: str(exc) for r in timed}
+            notes = {RUNTIMES[r].note_field: str(exc) for r in timed}
             return fields | notes | ({"runtime_eval_note": one_line(exc)} if wanted else {}), {}
         fields.update(file_size_fields(q_path, folder))
         for runtime in timed:
@@ -368,7 +368,7 @@ class TaskRunner:
         models, notes = {}, []
         for runtime in wanted:
             try:
-                models[runtime] = runtime_model(runtime, q_path, torch.get_num_threads())
+                models[runtime] = RUNTIMES[runtime].model(q_path, torch.get_num_threads())
             except BenchError as exc:  # e.g. the runtime is not installed
                 notes.append(f"{runtime}: {one_line(exc)}")
         return fields | ({"runtime_eval_note": "; ".join(notes)} if notes else {}), models
@@ -376,7 +376,7 @@ class TaskRunner:
     def _peer_calibrated(self, task: Task, folder: Path) -> tuple[nn.Module, _Calibration, Calibrated]:
         """A peer's int8 file from the FP32 ONNX export and this scale's calibration batch (as every method gets),
         its sizes and latencies, and the model that runs it in its own runtime."""
-        from bench.export.measure import file_size_fields, runs_file, runtime_error_text, runtime_model
+        from bench.export.measure import RUNTIMES, file_size_fields, runtime_error_text
         from bench.export.peers import build_peer, get_peer
         cell, fingerprint = task.cells[0], task.fingerprints[0]
         self._status(f"calibrating {task.calib_key}")
@@ -386,21 +386,21 @@ class TaskRunner:
         start = time.perf_counter()
         path = build_peer(peer.name, self.fp_onnx(cell), folder / "peer", batch, reduce_range)
         seconds = time.perf_counter() - start
-        own = "onnxruntime" if runs_file("onnxruntime", path) else "openvino"
+        own = peer.runtime
         threads = torch.get_num_threads()
-        models = {own: runtime_model(own, path, threads)}    # its own runtime must run it: else the cell fails
+        models = {own: RUNTIMES[own].model(path, threads)}    # its own runtime must run it: else the cell fails
         fields = {"peer": peer.description, "peer_runtime": own, **file_size_fields(path, folder)}
         notes = []
         for runtime in self.matrix.eval.runtimes:
-            if runtime not in models and runs_file(runtime, path):
+            if runtime not in models and RUNTIMES[runtime].runs(path):
                 try:
-                    models[runtime] = runtime_model(runtime, path, threads)
+                    models[runtime] = RUNTIMES[runtime].model(path, threads)
                 except Exception as exc:  # noqa: BLE001 - another runtime that cannot read the file is a finding
                     notes.append(f"{runtime}: {runtime_error_text(exc)}")
         if notes:
             fields["runtime_eval_note"] = "; ".join(notes)
         for runtime in self._timed_runtimes():
-            if runs_file(runtime, path):
+            if RUNTIMES[runtime].runs(path):
                 fields.update(self._file_latency(runtime, cell, path))
         description = {"name": peer.name, "peer": peer.description, "reduce_range": reduce_range, "file": path.name}
         calibration = _Calibration(seconds, False, description, None, None, fields, models)
@@ -425,17 +425,14 @@ class TaskRunner:
     def _file_latency(self, runtime: str, cell: Cell, path: Path) -> dict:
         """FP32 vs the int8 file in `runtime`, interleaved (record fields), or a note naming why not (the runtime is
         not installed, or cannot compile the file: OpenVINO fails on onnxruntime's own IMDTN model)."""
-        from bench.export.measure import FILE_LATENCY, runtime_error_text
-        lat = self.matrix.latency
+        from bench.export.measure import RUNTIMES, runtime_error_text
+        lat, spec = self.matrix.latency, RUNTIMES[runtime]
         try:
-            return FILE_LATENCY[runtime](self.fp_onnx(cell), path, lat.lr_size, lat.runs, torch.get_num_threads())
+            return spec.latency_fields(self.fp_onnx(cell), path, lat.lr_size, lat.runs, torch.get_num_threads())
         except BenchError as exc:
-            return {_LATENCY_NOTE[runtime]: one_line(exc)}
+            return {spec.note_field: one_line(exc)}
         except Exception as exc:  # noqa: BLE001 - the runtime's own error: a finding about the file, not a crash
-            return {_LATENCY_NOTE[runtime]: f"{runtime} cannot run this file: {runtime_error_text(exc)}"}
-
-
-_LATENCY_NOTE = {"onnxruntime": "latency_ort_note", "openvino": "latency_ov_note"}
+            return {spec.note_field: f"{runtime} cannot run this file: {runtime_error_text(exc)}"}
 
 
 def _dump_bounds(qmodel: nn.Module, meta: dict) -> bytes:
